@@ -1,0 +1,78 @@
+"""GRPO and its aggregation variants (DAPO, Dr. GRPO) as one clipped-surrogate objective.
+
+Per token (arXiv 2402.03300, Eq. 3 with the k3 KL estimator):
+
+    ℓ_{i,t} = −min(ρ_{i,t}·A_i, clip(ρ_{i,t}, 1 − ε_low, 1 + ε_high)·A_i) + β·k3_{i,t},
+    ρ_{i,t} = π_θ(y_{i,t}|·) / π_old(y_{i,t}|·),   k3 = π_ref/π_θ − log(π_ref/π_θ) − 1,
+
+reduced by ``aggregation``: ``seq_mean_token_mean`` (GRPO: each response's token mean, then the mean over
+responses), ``token_mean`` (DAPO, arXiv 2503.14476: one mean over all tokens of the batch) or
+``seq_mean_token_sum_norm`` (Dr. GRPO, arXiv 2503.20783: token sums over a constant, responses × budget).
+ε_high > ε_low is DAPO's clip-higher.
+
+Deviations and choices:
+* The log-ratio log ρ is clamped to ±20 before ``exp`` and k3 to ±10 (as verl does) so that loss and gradient
+  stay finite for any input; inside those bounds the formula is exact.
+* With one update per batch the behaviour log-probabilities from sampling serve as π_old, so ρ = 1 in value
+  and only its gradient matters (no extra forward pass).
+* The KL term is added per token inside the aggregation, as in the paper and TRL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from divalign.errors import UserError
+from divalign.objectives import kl
+from divalign.objectives.aggregation import aggregate, check_mode, sequence_share, token_share
+from divalign.objectives.batch import OnlineBatch
+from divalign.objectives.registry import register
+
+
+@dataclass
+class GRPOOptions:
+    """Options of the ``grpo`` objective."""
+
+    epsilon_low: float = 0.2
+    """Lower clip range: ρ is clipped below at 1 − epsilon_low."""
+    epsilon_high: float = 0.2
+    """Upper clip range: ρ is clipped above at 1 + epsilon_high (DAPO uses 0.28)."""
+    beta: float = 0.04
+    """Weight of the k3 KL penalty to the reference policy (0 disables it and the reference model)."""
+    aggregation: str = "seq_mean_token_mean"
+    """seq_mean_token_mean (GRPO), token_mean (DAPO) or seq_mean_token_sum_norm (Dr. GRPO)."""
+
+    def __post_init__(self):
+        check_mode(self.aggregation, "grpo.aggregation")
+        if self.epsilon_low < 0 or self.epsilon_high < 0 or self.beta < 0:
+            raise UserError("grpo: epsilon_low, epsilon_high and beta must be >= 0")
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.beta > 0
+
+
+@register("grpo", family="online", options=GRPOOptions)
+def grpo_loss(batch: OnlineBatch, options: GRPOOptions):
+    log_ratio = (batch.logprobs - batch.old_logprobs).clamp(-kl.LOG_RATIO_LIMIT, kl.LOG_RATIO_LIMIT)
+    ratio = torch.exp(log_ratio)
+    adv = batch.advantages.unsqueeze(-1)
+    low, high = 1.0 - options.epsilon_low, 1.0 + options.epsilon_high
+    surrogate = torch.min(ratio * adv, ratio.clamp(low, high) * adv)
+    per_token = -surrogate
+    with torch.no_grad():
+        clipped = ((ratio < low) & (adv < 0)) | ((ratio > high) & (adv > 0))
+    metrics = {
+        "policy_loss": float(aggregate(-surrogate.detach(), batch, options.aggregation).item()),
+        "clip_fraction": token_share(clipped.float(), batch),
+    }
+    if options.beta > 0:
+        if batch.ref_logprobs is None:
+            raise ValueError("grpo with beta > 0 needs reference log-probabilities")
+        per_token_kl = kl.k3(batch.logprobs, batch.ref_logprobs)
+        per_token = per_token + options.beta * per_token_kl
+        metrics["kl_penalty"] = sequence_share(batch.sequence_sum(per_token_kl.detach()), batch)
+    loss = aggregate(per_token, batch, options.aggregation)
+    return loss, metrics
