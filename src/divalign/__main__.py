@@ -1,0 +1,5 @@
+import sys
+
+from divalign.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command implementations: validate every input first, then create the run folder, then work."""

@@ -1,0 +1,33 @@
+"""Pieces shared by commands: output folders, threads, the run's saved config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from divalign.config import dump_yaml
+from divalign.errors import UserError
+
+CONFIG_FILE = "config.yaml"
+
+
+def check_output_dir(path: str | os.PathLike, resume: bool) -> Path:
+    """Refuse to write a new run over an existing one (nothing is created here)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output folder '{path}' is a file")
+    if path.exists() and any(path.iterdir()) and not resume:
+        raise UserError(f"output folder '{path}' already holds files; pass --resume to continue it or choose another")
+    return path
+
+
+def create_run_dir(path: Path, config) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / CONFIG_FILE).write_text(dump_yaml(config))
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)

@@ -1,0 +1,49 @@
+"""Prompt datasets for online RL: (prompt, answer) examples, served in a seeded order.
+
+``batch(step, size)`` is a pure function of (seed, step), so a resumed run sees exactly the prompts an
+uninterrupted one would, with no iterator state to save.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+from divalign.data.records import read_records, require_fields
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str
+
+
+class DatasetPrompts:
+    """A finite list of examples, reshuffled every epoch with a seeded permutation."""
+
+    def __init__(self, examples: list[Example], seed: int = 0):
+        self.examples = examples
+        self.seed = seed
+        self._orders: dict[int, list[int]] = {}
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            order = list(range(len(self.examples)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._orders = {epoch: order}
+        return self._orders[epoch]
+
+    def batch(self, step: int, size: int) -> list[Example]:
+        n = len(self.examples)
+        out = []
+        for k in range(step * size, (step + 1) * size):
+            out.append(self.examples[self._order(k // n)[k % n]])
+        return out
+
+
+def read_prompt_file(path: str | os.PathLike, prompt_field: str = "prompt", answer_field: str = "answer") -> list[Example]:
+    """Read a JSONL file of prompts with gold answers (GSM8K: ``--prompt-field question``)."""
+    records = read_records(path)
+    require_fields(path, records, {prompt_field: str, answer_field: (str, int, float)})
+    return [Example(prompt=obj[prompt_field], answer=str(obj[answer_field])) for _, obj in records]

@@ -1,0 +1,88 @@
+"""The autoregressive loop shared by all samplers, and the generic sampler for any causal LM.
+
+A sampler only has to say how to run the prompt (``prefill``) and how to advance one token (``step``); the
+loop, the stopping rule, the padding and the behaviour log-probabilities live here once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from divalign.generation.sampling import Rollout, left_pad, sample_next
+from divalign.models import position_ids
+
+
+class Sampler:
+    """Base class: ``generate`` is the loop; subclasses implement ``prefill`` and ``step``."""
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.pad_id = tokenizer.pad_token_id
+        eos = {tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
+        self.eos_ids = torch.tensor(sorted(e for e in eos if e is not None), dtype=torch.long)
+
+    def refresh(self) -> None:
+        """Called after every optimizer step; samplers that cache weights re-read them here."""
+
+    def prefill(self, ids: Tensor, mask: Tensor, max_new_tokens: int) -> tuple[Any, Tensor]:
+        raise NotImplementedError
+
+    def step(self, state: Any, tokens: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+                 greedy: bool = False, generator: torch.Generator | None = None) -> Rollout:
+        device = next(self.model.parameters()).device
+        ids, mask = left_pad(prompts, self.pad_id, device)
+        n = ids.shape[0]
+        state, logits = self.prefill(ids, mask, max_new_tokens)
+        eos = self.eos_ids.to(device)
+        tokens = torch.full((n, max_new_tokens), self.pad_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros((n, max_new_tokens), device=device)
+        live = torch.zeros((n, max_new_tokens), dtype=torch.bool, device=device)
+        finished = torch.zeros(n, dtype=torch.bool, device=device)
+        steps = 0
+        for t in range(max_new_tokens):
+            tok, lp = sample_next(logits, temperature, generator, greedy)
+            active = ~finished
+            tokens[:, t] = torch.where(active, tok, self.pad_id)
+            logprobs[:, t] = torch.where(active, lp, 0.0)
+            live[:, t] = active
+            finished = finished | torch.isin(tok, eos)
+            steps = t + 1
+            if t + 1 == max_new_tokens or bool(finished.all()):
+                break
+            logits = self.step(state, tokens[:, t])
+        return Rollout(
+            prompt_ids=ids,
+            prompt_mask=mask,
+            completion_ids=tokens[:, :steps],
+            completion_mask=live[:, :steps].float(),
+            logprobs=logprobs[:, :steps],
+            truncated=~finished,
+        )
+
+
+class HFSampler(Sampler):
+    """Works with any ``AutoModelForCausalLM`` through its own forward and key-value cache."""
+
+    def prefill(self, ids, mask, max_new_tokens):
+        pos = position_ids(mask)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        state = {"cache": out.past_key_values, "mask": mask, "next_pos": pos[:, -1] + 1}
+        return state, out.logits[:, -1]
+
+    def step(self, state, tokens):
+        state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((tokens.shape[0], 1))], dim=1)
+        pos = state["next_pos"]
+        out = self.model(input_ids=tokens.unsqueeze(-1), attention_mask=state["mask"], position_ids=pos.unsqueeze(-1),
+                         past_key_values=state["cache"], use_cache=True)
+        state["cache"] = out.past_key_values
+        state["next_pos"] = pos + 1
+        return out.logits[:, -1]

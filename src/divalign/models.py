@@ -1,0 +1,172 @@
+"""Loading and saving Hugging Face causal LMs, the frozen reference copy, and the one log-prob function.
+
+Everything that needs per-token log-probabilities of completions (policy, reference, evaluation) calls
+:func:`completion_logprobs`, so temperature, padding and precision are handled in one place.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from divalign.errors import UserError
+
+
+def _config_dict(path: Path) -> dict:
+    config_file = path / "config.json"
+    if not path.exists():
+        raise UserError(f"model folder '{path}' does not exist")
+    if not path.is_dir():
+        raise UserError(f"model path '{path}' is a file; expected a Hugging Face model folder")
+    if not config_file.exists():
+        raise UserError(f"'{path}' is not a Hugging Face model folder: config.json is missing")
+    try:
+        return json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{config_file}: invalid JSON ({exc})") from None
+
+
+def check_causal_lm_folder(path: str | os.PathLike) -> dict:
+    """Validate that ``path`` holds a causal LM that AutoModelForCausalLM can load; return its config dict."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    path = Path(path)
+    config = _config_dict(path)
+    model_type = config.get("model_type")
+    if not model_type:
+        raise UserError(f"{path / 'config.json'}: field 'model_type' is missing")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and "auto_map" not in config:
+        raise UserError(
+            f"'{path}' holds a '{model_type}' model, which is not a causal language model "
+            "(AutoModelForCausalLM cannot load it)"
+        )
+    try:
+        AutoConfig.from_pretrained(path, trust_remote_code=False) if "auto_map" not in config else None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path / 'config.json'}: cannot be read as a model configuration ({exc})") from None
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise UserError(f"'{path}' has no weights (expected model.safetensors or pytorch_model.bin)")
+    return config
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"'{path}': no usable tokenizer ({str(exc).splitlines()[0]})") from None
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise UserError(f"'{path}': the tokenizer has neither a pad token nor an end-of-sequence token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str | os.PathLike, *, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
+                   device: str | torch.device = "cpu", attn_implementation: str | None = None):
+    """Load ``AutoModelForCausalLM`` and its tokenizer from a local folder (never from a hub).
+
+    ``trust_remote_code`` stays off unless asked: a folder whose config needs custom code is refused.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = check_causal_lm_folder(path)
+    if "auto_map" in config and not trust_remote_code:
+        raise UserError(f"'{path}' needs custom code (config.json has auto_map); pass --trust-remote-code to allow it")
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "local_files_only": True}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"'{path}': cannot load the model ({str(exc).splitlines()[0]})") from None
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    return model.to(device), tokenizer
+
+
+def frozen_copy(model):
+    """A reference model: a deep copy with gradients off, in eval mode."""
+    ref = copy.deepcopy(model)
+    ref.requires_grad_(False)
+    ref.eval()
+    return ref
+
+
+def save_model(model, tokenizer, folder: str | os.PathLike) -> None:
+    """Save in the Hugging Face format (safetensors), loadable by ``from_pretrained``."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+@dataclass
+class SequenceBatch:
+    """Prompts (left-padded) followed by completions (right-padded), ready for one forward pass."""
+
+    input_ids: Tensor  #: (B, P + T)
+    attention_mask: Tensor  #: (B, P + T), 1 on real tokens
+    prompt_length: int  #: P: completions start at this column
+
+    @property
+    def completion_mask(self) -> Tensor:
+        return self.attention_mask[:, self.prompt_length:]
+
+    def select(self, rows) -> "SequenceBatch":
+        return SequenceBatch(self.input_ids[rows], self.attention_mask[rows], self.prompt_length)
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding: the first real token of every row is position 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0,
+                        with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Per-token log π(y_t | x, y_<t) of the completion tokens, (B, T), in fp32; 0 on padding.
+
+    Logits are divided by ``temperature`` so that the result matches the distribution that sampled the
+    completions. Only the logits of completion positions are computed (``logits_to_keep``). The entropy of the
+    next-token distribution is returned without gradient when asked (a diagnostic, not part of any loss).
+    """
+    completion_len = batch.input_ids.shape[1] - batch.prompt_length
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=position_ids(batch.attention_mask),
+        logits_to_keep=completion_len + 1,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return logprobs_from_logits(logits, batch.input_ids[:, batch.prompt_length:], batch.completion_mask,
+                                with_entropy)
+
+
+def logprobs_from_logits(logits: Tensor, tokens: Tensor, mask: Tensor,
+                         with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """log-softmax gathered at ``tokens`` without materialising the full log-softmax; 0 where ``mask`` is 0."""
+    log_z = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    valid = mask.bool()
+    logp = torch.where(valid, picked - log_z, torch.zeros_like(log_z))
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            p = torch.exp(logits - log_z.unsqueeze(-1))
+            ent = log_z - (p * logits).sum(-1)
+            entropy = torch.where(valid, ent, torch.zeros_like(ent))
+    return logp, entropy
+
+
+def param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+

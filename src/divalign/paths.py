@@ -1,0 +1,29 @@
+"""Where the shared real data lives: one setting, ``DIVALIGN_DATA``, defaulting to ``../shared/data``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_VAR = "DIVALIGN_DATA"
+
+
+def data_dir() -> Path | None:
+    """The data folder named by ``$DIVALIGN_DATA``, else ``../shared/data`` seen from the working directory or
+    from this checkout; ``None`` when neither exists."""
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR])
+    repo = Path(__file__).resolve().parents[2]
+    for candidate in (Path.cwd().parent / "shared" / "data", repo.parent / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def data_file(*parts: str) -> Path | None:
+    """A file under the data folder, or ``None`` when the folder or the file is absent."""
+    root = data_dir()
+    if root is None:
+        return None
+    path = root.joinpath(*parts)
+    return path if path.exists() else None

@@ -1,0 +1,50 @@
+"""The outer loop every trainer shares: steps, metrics log, progress bar, checkpoints, final model."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from divalign.checkpoint import atomic_directory, latest_checkpoint, load_state, save_checkpoint
+from divalign.models import save_model
+from divalign.tracking import MetricsLog, progress
+
+FINAL_MODEL = "model"
+
+
+def resume_point(run_dir: str | os.PathLike) -> tuple[Path | None, dict | None]:
+    """The latest complete checkpoint of a run and its trainer state, or (None, None)."""
+    ckpt = latest_checkpoint(run_dir)
+    return (ckpt, load_state(ckpt)) if ckpt is not None else (None, None)
+
+
+def run_steps(trainer, run_dir: str | os.PathLike, total_steps: int, *, start_step: int = 0, save_every: int = 0,
+              keep_checkpoints: int = 2, show_progress: bool = True, resumed: bool = False,
+              postfix_keys: tuple[str, ...] = ("reward_mean", "kl"), max_seconds: float | None = None) -> list[dict]:
+    """Run ``trainer.step`` from ``start_step`` to ``total_steps`` (or until ``max_seconds`` of training time);
+    log, checkpoint, save the final model."""
+    log = MetricsLog(run_dir, resume_step=start_step if resumed else None)
+    rows = []
+    bar = progress(None if max_seconds else total_steps, initial=start_step, desc=Path(run_dir).name,
+                   enabled=show_progress)
+    started = time.perf_counter()
+    try:
+        for step in range(start_step, total_steps):
+            row = trainer.step(step)
+            log.write(row)
+            rows.append(row)
+            bar.update(1)
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in postfix_keys if k in row}, refresh=False)
+            done = step + 1
+            if save_every and done % save_every == 0 and done < total_steps:
+                save_checkpoint(run_dir, done, trainer.policy, trainer.tokenizer, trainer.state_dict(done),
+                                keep=keep_checkpoints)
+            if max_seconds is not None and time.perf_counter() - started >= max_seconds:
+                break
+    finally:
+        bar.close()
+        log.close()
+    with atomic_directory(Path(run_dir) / FINAL_MODEL) as tmp:
+        save_model(trainer.policy, trainer.tokenizer, tmp)
+    return rows

@@ -1,0 +1,56 @@
+import os
+
+import pytest
+import torch
+
+from divalign.checkpoint import atomic_directory, latest_checkpoint, load_state, save_checkpoint
+from divalign.models import load_causal_lm
+
+
+def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
+    final = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(final) as tmp:
+            (tmp / "half.bin").write_bytes(b"x")
+            raise RuntimeError("crash while writing")
+    assert not final.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_atomic_directory_replaces_an_existing_folder(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with atomic_directory(final) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, tiny_model_dir):
+    model, tok = load_causal_lm(tiny_model_dir)
+    save_checkpoint(tmp_path, 5, model, tok, {"step": 5})
+    # What a crash in the middle of writing step 10 leaves behind: a hidden temporary folder.
+    partial = tmp_path / "checkpoints" / f".tmp-step-00000010-{os.getpid() + 1}"
+    (partial / "model").mkdir(parents=True)
+    (partial / "model" / "model.safetensors").write_bytes(b"truncated")
+    found = latest_checkpoint(tmp_path)
+    assert found.name == "step-00000005" and load_state(found)["step"] == 5
+    assert not partial.exists()  # leftovers are cleaned on resume
+    # A complete checkpoint folder whose "latest" pointer was never updated is still found.
+    save_checkpoint(tmp_path, 10, model, tok, {"step": 10})
+    (tmp_path / "checkpoints" / "latest").write_text("step-00000005")
+    assert latest_checkpoint(tmp_path).name == "step-00000005"
+    (tmp_path / "checkpoints" / "latest").unlink()
+    assert latest_checkpoint(tmp_path).name == "step-00000010"
+
+
+def test_old_checkpoints_are_pruned_and_weights_round_trip(tmp_path, tiny_model_dir):
+    model, tok = load_causal_lm(tiny_model_dir)
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            model.lm_head.weight.add_(1.0)
+        save_checkpoint(tmp_path, step, model, tok, {"step": step}, keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["latest", "step-00000002", "step-00000003"]
+    again, _ = load_causal_lm(tmp_path / "checkpoints" / "step-00000003" / "model")
+    assert torch.equal(again.lm_head.weight, model.lm_head.weight)

@@ -1,0 +1,57 @@
+import argparse
+
+import pytest
+
+from divalign.config import add_arguments, build, field_docs, from_args
+from divalign.errors import UserError
+from divalign.trainers.online import RLConfig
+
+
+def parse(argv, yaml_text=None, tmp_path=None):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, RLConfig)
+    args = parser.parse_args(argv)
+    path = None
+    if yaml_text is not None:
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml_text)
+    return from_args(RLConfig, args, path)
+
+
+def test_defaults_yaml_and_flags_in_order_of_precedence(tmp_path):
+    cfg = parse(["--steps", "7", "--fgrpo.divergence", "js"],
+                "steps: 3\nlearning_rate: 0.001\nfgrpo:\n  divergence: kl\n  beta: 0.5\n", tmp_path)
+    assert cfg.steps == 7 and cfg.learning_rate == 0.001
+    assert cfg.fgrpo.divergence == "js" and cfg.fgrpo.beta == 0.5
+    assert cfg.grpo.beta == 0.04  # untouched default
+    assert parse(["--no-fast-generation"]).fast_generation is False
+
+
+def test_config_errors_name_file_and_key(tmp_path):
+    with pytest.raises(UserError, match=r"c.yaml: unknown option 'stepz'"):
+        parse([], "stepz: 3\n", tmp_path)
+    with pytest.raises(UserError, match=r"c.yaml.fgrpo: unknown option 'divergense'"):
+        parse([], "fgrpo:\n  divergense: kl\n", tmp_path)
+    with pytest.raises(UserError, match=r"c.yaml.steps: expected int, got str"):
+        parse([], "steps: many\n", tmp_path)
+    with pytest.raises(UserError, match=r"c.yaml:2: invalid YAML"):
+        parse([], "steps: 3\n  bad: [\n", tmp_path)
+    with pytest.raises(UserError, match="unknown divergence 'nope'"):
+        build(RLConfig, {"fgrpo": {"divergence": "nope"}})
+    with pytest.raises(SystemExit):
+        parse(["--steps", "x"])
+
+
+def test_every_option_has_a_docstring():
+    from divalign.objectives.fgrpo import FGRPOOptions
+    from divalign.objectives.grpo import GRPOOptions
+    from divalign.tasks.arithmetic import ArithmeticConfig
+
+    for cls in (RLConfig, FGRPOOptions, GRPOOptions, ArithmeticConfig):
+        docs = field_docs(cls)
+        import dataclasses
+
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in docs
+                   and not dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None)
+                   and f.name not in ("grpo", "fgrpo", "arithmetic")]
+        assert not missing, (cls.__name__, missing)

@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from divalign.charlm import build_char_tokenizer, tiny_llama
+from divalign.generation import HFSampler, make_sampler, sample_next
+from divalign.generation.llama import LlamaSampler
+from divalign.models import completion_logprobs, load_causal_lm
+
+PROMPTS = ["12+3=", "1+1=", "45-67=", "9="]
+
+
+@pytest.fixture(scope="module")
+def model_and_tok(tiny_model_dir):
+    model, tok = load_causal_lm(tiny_model_dir)
+    model.eval()
+    return model, tok
+
+
+def encode(tok, prompts, repeat=1):
+    return [tok(p)["input_ids"] for p in prompts for _ in range(repeat)]
+
+
+def test_fast_sampler_is_chosen_for_llama_and_matches_hf_logits(model_and_tok):
+    model, tok = model_and_tok
+    fast = make_sampler(model, tok)
+    assert isinstance(fast, LlamaSampler)
+    ids = encode(tok, PROMPTS)
+    from divalign.generation.sampling import left_pad
+
+    padded, mask = left_pad(ids, tok.pad_token_id)
+    with torch.no_grad():
+        state_f, logits_f = fast.prefill(padded, mask, 4)
+        state_h, logits_h = HFSampler(model, tok).prefill(padded, mask, 4)
+        torch.testing.assert_close(logits_f, logits_h, atol=2e-5, rtol=1e-4)
+        nxt = logits_f.argmax(-1)
+        torch.testing.assert_close(fast.step(state_f, nxt), HFSampler(model, tok).step(state_h, nxt),
+                                   atol=2e-5, rtol=1e-4)
+
+
+def test_fast_and_generic_samplers_draw_the_same_tokens(model_and_tok):
+    model, tok = model_and_tok
+    ids = encode(tok, PROMPTS, repeat=4)
+    a = make_sampler(model, tok).generate(ids, 10, generator=torch.Generator().manual_seed(3))
+    b = HFSampler(model, tok).generate(ids, 10, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    assert torch.equal(a.completion_mask, b.completion_mask)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+
+
+def test_behaviour_logprobs_equal_a_training_forward(model_and_tok):
+    model, tok = model_and_tok
+    rollout = make_sampler(model, tok).generate(encode(tok, PROMPTS, 8), 12, temperature=0.7,
+                                                generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        again, _ = completion_logprobs(model, rollout.sequences(), temperature=0.7)
+    torch.testing.assert_close(again, rollout.logprobs, atol=1e-5, rtol=0)
+
+
+def test_completions_stop_at_eos_and_are_padded(tmp_path):
+    tok = build_char_tokenizer("ab")
+    model = tiny_llama(tok, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1)
+    with torch.no_grad():  # make the model say "a" then end-of-sequence, deterministically
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[tok.eos_token_id] += 0.0
+    for sampler in (make_sampler(model, tok), HFSampler(model, tok)):
+        rollout = sampler.generate(encode(tok, ["ab", "b"]), 6, generator=torch.Generator().manual_seed(0))
+        ids, mask = rollout.completion_ids, rollout.completion_mask
+        for row in range(ids.shape[0]):
+            eos_at = (ids[row] == tok.eos_token_id).nonzero()
+            if len(eos_at):
+                end = int(eos_at[0])
+                assert mask[row, : end + 1].eq(1).all() and mask[row, end + 1:].eq(0).all()
+                assert ids[row, end + 1:].eq(tok.pad_token_id).all()
+                assert not rollout.truncated[row]
+            else:
+                assert mask[row].eq(1).all() and rollout.truncated[row]
+        assert rollout.logprobs[mask == 0].eq(0).all()
+
+
+def test_inverse_cdf_sampler_matches_the_distribution():
+    logits = torch.tensor([[2.0, 0.0, -1.0, 1.0]]).repeat(20000, 1)
+    gen = torch.Generator().manual_seed(0)
+    tokens, logp = sample_next(logits, 1.0, gen, greedy=False)
+    probs = torch.softmax(logits[0], -1)
+    freq = torch.bincount(tokens, minlength=4).float() / tokens.numel()
+    torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)
+    torch.testing.assert_close(logp, torch.log(probs)[tokens])
+    # Temperature sharpens the distribution.
+    t_tokens, _ = sample_next(logits, 0.5, gen, greedy=False)
+    assert (t_tokens == 0).float().mean() > freq[0] + 0.1
+    g_tokens, _ = sample_next(logits[:3], 1.0, None, greedy=True)
+    assert g_tokens.eq(0).all()
+
+
+def test_sampler_sees_new_weights_after_refresh(model_and_tok):
+    model, tok = model_and_tok
+    sampler = make_sampler(model, tok)
+    ids = encode(tok, PROMPTS)
+    before = sampler.generate(ids, 5, greedy=True).completion_ids
+    with torch.no_grad():
+        saved = model.lm_head.weight.clone()
+        model.lm_head.weight.zero_()  # all logits equal: greedy picks token 0 everywhere
+    try:
+        stale = sampler.generate(ids, 5, greedy=True).completion_ids
+        assert torch.equal(stale, before)  # the sampler reads its own copy until refreshed
+        sampler.refresh()
+        after = sampler.generate(ids, 5, greedy=True).completion_ids
+        assert after.eq(0).all() and not torch.equal(before, after)
+    finally:
+        with torch.no_grad():
+            model.lm_head.weight.copy_(saved)
+        sampler.refresh()

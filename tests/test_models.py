@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+
+from divalign.charlm import build_char_tokenizer, tiny_llama
+from divalign.errors import UserError
+from divalign.models import SequenceBatch, completion_logprobs, load_causal_lm, position_ids, save_model
+
+
+def test_char_tokenizer_round_trips_through_autotokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = build_char_tokenizer("abc 12\n+=")
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "a b\n12+21=c "
+    ids = loaded(text)["input_ids"]
+    assert ids[0] == loaded.bos_token_id and len(ids) == len(text) + 1
+    assert loaded.decode(ids, skip_special_tokens=True) == text
+
+
+def test_save_and_load_round_trip(tmp_path, tiny_model_dir):
+    model, tok = load_causal_lm(tiny_model_dir)
+    save_model(model, tok, tmp_path / "copy")
+    again, _ = load_causal_lm(tmp_path / "copy")
+    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+
+
+def test_completion_logprobs_match_full_log_softmax_and_ignore_left_padding(tiny_model_dir):
+    model, tok = load_causal_lm(tiny_model_dir)
+    prompt, completion = tok("12+3=")["input_ids"], tok("15", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt + completion])
+    full = torch.log_softmax(model(ids).logits[0].float(), -1)
+    expected = torch.stack([full[len(prompt) - 1 + i, t] for i, t in enumerate(completion)])
+
+    pad = tok.pad_token_id
+    padded = torch.tensor([[pad, pad] + prompt + completion, [pad] * 0 + prompt + completion + [pad, pad]])
+    mask = torch.tensor([[0, 0] + [1] * (len(prompt) + len(completion)),
+                         [1] * (len(prompt) + len(completion)) + [0, 0]])
+    # Row 0: left-padded prompt; row 1 is laid out differently, so evaluate each in its own batch.
+    b0 = SequenceBatch(padded[:1], mask[:1], prompt_length=len(prompt) + 2)
+    got, ent = completion_logprobs(model, b0, with_entropy=True)
+    torch.testing.assert_close(got[0], expected, atol=1e-5, rtol=0)
+    assert (ent > 0).all()
+    assert position_ids(mask[:1])[0, 2].item() == 0
+
+
+def test_completion_logprobs_are_zero_on_padding_and_finite(tiny_model_dir):
+    model, tok = load_causal_lm(tiny_model_dir)
+    ids = torch.tensor([[0, 1, 5, 6, 7, 8], [1, 5, 6, 7, 0, 0]])
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    got, _ = completion_logprobs(model, SequenceBatch(ids, mask, prompt_length=3))
+    assert torch.isfinite(got).all()
+    assert got[1, 1:].eq(0).all() and got[1, 0] < 0
+
+
+def test_loading_errors_name_the_problem(tmp_path, tiny_model_dir):
+    with pytest.raises(UserError, match="does not exist"):
+        load_causal_lm(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="config.json is missing"):
+        load_causal_lm(tmp_path / "empty")
+    bert = tmp_path / "t5"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(UserError, match="'t5' model, which is not a causal language model"):
+        load_causal_lm(bert)
+    noweights = tmp_path / "noweights"
+    noweights.mkdir()
+    (noweights / "config.json").write_text((__import__("pathlib").Path(tiny_model_dir) / "config.json").read_text())
+    with pytest.raises(UserError, match="has no weights"):
+        load_causal_lm(noweights)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="invalid JSON"):
+        load_causal_lm(broken)
+
+
+def test_tied_embeddings_model_loads(tmp_path):
+    tok = build_char_tokenizer("0123456789")
+    save_model(tiny_llama(tok, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
+                          tie_embeddings=True), tok, tmp_path)
+    model, _ = load_causal_lm(tmp_path)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
