@@ -110,3 +110,14 @@ def test_sampler_sees_new_weights_after_refresh(model_and_tok):
         with torch.no_grad():
             model.lm_head.weight.copy_(saved)
         sampler.refresh()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_num_samples_groups_rows_and_equals_repeated_prompts(model_and_tok, fast):
+    model, tok = model_and_tok
+    sampler = make_sampler(model, tok, fast=fast)
+    grouped = sampler.generate(encode(tok, PROMPTS), 8, generator=torch.Generator().manual_seed(1), num_samples=3)
+    repeated = sampler.generate(encode(tok, PROMPTS, repeat=3), 8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(grouped.prompt_ids, repeated.prompt_ids)
+    assert torch.equal(grouped.completion_ids, repeated.completion_ids)
+    torch.testing.assert_close(grouped.logprobs, repeated.logprobs, atol=1e-5, rtol=0)

@@ -85,3 +85,25 @@ def test_tied_embeddings_model_loads(tmp_path):
                           tie_embeddings=True), tok, tmp_path)
     model, _ = load_causal_lm(tmp_path)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def test_shared_prompt_logprobs_equal_the_unshared_forward_in_value_and_gradient(tiny_model_dir):
+    from divalign.generation import make_sampler
+
+    model, tok = load_causal_lm(tiny_model_dir)
+    prompts = [tok(p)["input_ids"] for p in ["12+3=", "1+1=", "45-67="]]
+    rollout = make_sampler(model, tok).generate(prompts, 7, generator=torch.Generator().manual_seed(0),
+                                                num_samples=4)
+    batch = rollout.sequences()
+    weights = torch.randn(batch.completion_mask.shape)
+    results = []
+    for group in (1, 4):
+        model.zero_grad()
+        logp, _ = completion_logprobs(model, batch, temperature=0.8, group_size=group)
+        (logp * weights).sum().backward()
+        results.append((logp.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=0)
+    for g1, g4 in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(g1, g4, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="groups of 3"):
+        completion_logprobs(model, batch, group_size=3)

@@ -127,27 +127,57 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0,
-                        with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, with_entropy: bool = False,
+                        group_size: int = 1) -> tuple[Tensor, Tensor | None]:
     """Per-token log π(y_t | x, y_<t) of the completion tokens, (B, T), in fp32; 0 on padding.
 
     Logits are divided by ``temperature`` so that the result matches the distribution that sampled the
-    completions. Only the logits of completion positions are computed (``logits_to_keep``). The entropy of the
-    next-token distribution is returned without gradient when asked (a diagnostic, not part of any loss).
+    completions. Only the logits of completion positions are computed. The entropy of the next-token
+    distribution is returned without gradient when asked (a diagnostic, not part of any loss).
+
+    With ``group_size`` G > 1, consecutive rows come in groups of G that share one prompt (as in GRPO): the
+    prompt then runs once per group and its key-value cache is repeated for the G completions. Gradients reach
+    the prompt through the cache, so values and gradients equal the unshared computation; the forward does
+    G-fold less work on prompt tokens.
     """
-    completion_len = batch.input_ids.shape[1] - batch.prompt_length
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=position_ids(batch.attention_mask),
-        logits_to_keep=completion_len + 1,
-        use_cache=False,
-    )
-    logits = out.logits[:, :-1].float()
+    prompt_len = batch.prompt_length
+    tokens = batch.input_ids[:, prompt_len:]
+    mask = batch.completion_mask
+    if group_size > 1 and tokens.shape[1] > 0:
+        logits = _shared_prompt_logits(model, batch, group_size)
+    else:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=position_ids(batch.attention_mask), logits_to_keep=tokens.shape[1] + 1,
+                    use_cache=False)
+        logits = out.logits[:, :-1]
+    logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    return logprobs_from_logits(logits, batch.input_ids[:, batch.prompt_length:], batch.completion_mask,
-                                with_entropy)
+    return logprobs_from_logits(logits, tokens, mask, with_entropy)
+
+
+def _shared_prompt_logits(model, batch: SequenceBatch, group_size: int) -> Tensor:
+    """Logits predicting each completion token, running each group's prompt once (see completion_logprobs)."""
+    prompt_len = batch.prompt_length
+    prompt_ids = batch.input_ids[::group_size, :prompt_len]
+    prompt_mask = batch.attention_mask[::group_size, :prompt_len]
+    if batch.input_ids.shape[0] % group_size or not torch.equal(
+            prompt_ids.repeat_interleave(group_size, 0), batch.input_ids[:, :prompt_len]):
+        raise ValueError(f"rows do not come in groups of {group_size} sharing a prompt")
+    prompt_pos = position_ids(prompt_mask)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True,
+                logits_to_keep=1)
+    first = out.logits[:, -1:].repeat_interleave(group_size, 0)
+    completion = batch.input_ids[:, prompt_len:-1]
+    if completion.shape[1] == 0:
+        return first
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(group_size)
+    offsets = torch.arange(1, completion.shape[1] + 1, device=completion.device)
+    pos = prompt_pos[:, -1:].repeat_interleave(group_size, 0) + offsets
+    rest = model(input_ids=completion, attention_mask=batch.attention_mask[:, :-1], position_ids=pos,
+                 past_key_values=cache, use_cache=True)
+    return torch.cat([first, rest.logits], dim=1)
 
 
 def logprobs_from_logits(logits: Tensor, tokens: Tensor, mask: Tensor,

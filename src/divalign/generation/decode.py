@@ -35,13 +35,25 @@ class Sampler:
     def step(self, state: Any, tokens: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def repeat(self, state: Any, times: int) -> Any:
+        """Repeat every row of the decoding state ``times`` times (consecutively)."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
-                 greedy: bool = False, generator: torch.Generator | None = None) -> Rollout:
+                 greedy: bool = False, generator: torch.Generator | None = None, num_samples: int = 1) -> Rollout:
+        """Complete each prompt ``num_samples`` times; rows of the rollout are grouped by prompt.
+
+        Each prompt is run once and its cache is repeated for its samples.
+        """
         device = next(self.model.parameters()).device
         ids, mask = left_pad(prompts, self.pad_id, device)
-        n = ids.shape[0]
         state, logits = self.prefill(ids, mask, max_new_tokens)
+        if num_samples > 1:
+            state = self.repeat(state, num_samples)
+            logits = logits.repeat_interleave(num_samples, 0)
+            ids, mask = ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0)
+        n = ids.shape[0]
         eos = self.eos_ids.to(device)
         tokens = torch.full((n, max_new_tokens), self.pad_id, dtype=torch.long, device=device)
         logprobs = torch.zeros((n, max_new_tokens), device=device)
@@ -77,6 +89,12 @@ class HFSampler(Sampler):
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         state = {"cache": out.past_key_values, "mask": mask, "next_pos": pos[:, -1] + 1}
         return state, out.logits[:, -1]
+
+    def repeat(self, state, times):
+        state["cache"].batch_repeat_interleave(times)
+        state["mask"] = state["mask"].repeat_interleave(times, 0)
+        state["next_pos"] = state["next_pos"].repeat_interleave(times, 0)
+        return state
 
     def step(self, state, tokens):
         state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((tokens.shape[0], 1))], dim=1)

@@ -153,6 +153,12 @@ class LlamaSampler(Sampler):
         state = {"cache": cache, "key_bias": key_bias, "cur": p, "pos": pos[:, -1] + 1, "cos": cos_t, "sin": sin_t}
         return state, self._norm(last) @ self.lm_head
 
+    def repeat(self, state, times):
+        state["cache"] = [(k.repeat_interleave(times, 0), v.repeat_interleave(times, 0)) for k, v in state["cache"]]
+        state["key_bias"] = state["key_bias"].repeat_interleave(times, 0)
+        state["pos"] = state["pos"].repeat_interleave(times, 0)
+        return state
+
     def step(self, state, tokens):
         n, cur, pos = tokens.shape[0], state["cur"], state["pos"]
         cos, sin = state["cos"][pos].unsqueeze(1), state["sin"][pos].unsqueeze(1)

@@ -148,10 +148,10 @@ class OnlineTrainer:
         t0 = time.perf_counter()
 
         examples = self.prompts.batch(step, cfg.prompts_per_step)
-        prompt_ids = [self._encode(ex.prompt) for ex in examples for _ in range(group)]
         self.policy.eval()
-        rollout = self.sampler.generate(prompt_ids, cfg.max_new_tokens, cfg.temperature,
-                                        generator=step_generator(cfg.seed, step))
+        rollout = self.sampler.generate([self._encode(ex.prompt) for ex in examples], cfg.max_new_tokens,
+                                        cfg.temperature, generator=step_generator(cfg.seed, step),
+                                        num_samples=group)
         timings["generate_s"] = time.perf_counter() - t0
 
         t = time.perf_counter()
@@ -168,20 +168,21 @@ class OnlineTrainer:
         ref_logprobs = None
         if self.reference is not None:
             with torch.no_grad():
-                ref_logprobs, _ = completion_logprobs(self.reference, sequences, cfg.temperature)
+                ref_logprobs, _ = completion_logprobs(self.reference, sequences, cfg.temperature, group_size=group)
         timings["reference_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
         self.policy.train()
-        totals = {"num_sequences": len(prompt_ids), "num_groups": num_groups,
+        num_sequences = num_groups * group
+        totals = {"num_sequences": num_sequences, "num_groups": num_groups,
                   "num_tokens": int(rollout.completion_mask.sum().item()), "max_length": cfg.max_new_tokens}
         per_micro = (cfg.micro_batch_prompts or num_groups) * group
         summed: dict[str, float] = {}
         loss_total = 0.0
-        for start in range(0, len(prompt_ids), per_micro):
+        for start in range(0, num_sequences, per_micro):
             rows = slice(start, start + per_micro)
             logprobs, entropy = completion_logprobs(self.policy, sequences.select(rows), cfg.temperature,
-                                                    with_entropy=True)
+                                                    with_entropy=True, group_size=group)
             batch = OnlineBatch(
                 logprobs=logprobs, old_logprobs=rollout.logprobs[rows],
                 ref_logprobs=None if ref_logprobs is None else ref_logprobs[rows],

@@ -1,0 +1,118 @@
+"""Seconds per GRPO step: divalign against TRL's GRPOTrainer, interleaved in one process.
+
+Both train the same 0.5M-parameter Llama folder (hidden 128, MLP 512, 2 layers, 4 heads, 2 KV heads, character
+vocabulary) on the same prompts: 4 prompts × 8 completions, 16 new tokens, temperature 1, β = 0.04, lr 1e-5,
+one update per batch, fp32, GRPO loss (per-sequence token mean), and a reward with variance (digits in the
+completion / 16) so that both really update. TRL's step k runs, then divalign's step k, so drifts in machine
+speed hit both alike; the result is the median of the per-step ratios.
+
+    pip install -c constraints.txt -e '.[bench]'   # TRL only for this benchmark
+    python benchmarks/grpo_speed.py --steps 60
+
+Writes a JSON line with the medians to stdout (and to --out if given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+
+import torch
+
+
+def digits_reward(text: str) -> float:
+    return sum(c.isdigit() for c in text) / 16
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from divalign.charlm import write_tiny_model
+    from divalign.config import build
+    from divalign.data.prompts import DatasetPrompts, Example
+    from divalign.models import frozen_copy, load_causal_lm
+    from divalign.trainers.online import OnlineTrainer, RLConfig
+
+    workdir = tempfile.mkdtemp(prefix="grpo-speed-")
+    folder = write_tiny_model(os.path.join(workdir, "model"), hidden_size=128, intermediate_size=512, num_layers=2,
+                              num_heads=4, num_kv_heads=2, max_positions=64)
+    rng = random.Random(0)
+    prompts = [f"{rng.randrange(100)}+{rng.randrange(100)}=" for _ in range(400)]
+
+    # --- TRL
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    trl_config = GRPOConfig(
+        output_dir=os.path.join(workdir, "trl"), per_device_train_batch_size=32, num_generations=8,
+        max_completion_length=16, temperature=1.0, beta=0.04, learning_rate=1e-5, loss_type="grpo",
+        num_iterations=1, gradient_accumulation_steps=1, max_steps=args.steps, use_cpu=True, bf16=False, fp16=False,
+        report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0,
+    )
+
+    def trl_reward(prompts, completions, **kwargs):
+        return [digits_reward(c) for c in completions]
+
+    # --- divalign
+    da_config = build(RLConfig, {
+        "model": folder, "objective": "grpo", "steps": args.steps, "prompts_per_step": 4, "num_generations": 8,
+        "max_new_tokens": 16, "temperature": 1.0, "learning_rate": 1e-5, "grpo": {"beta": 0.04}, "progress": False,
+    })
+    policy, da_tokenizer = load_causal_lm(folder)
+    source = DatasetPrompts([Example(p, "") for p in prompts], seed=0)
+    trainer = OnlineTrainer(da_config, policy, da_tokenizer, source, lambda text, answer: digits_reward(text),
+                            reference=frozen_copy(policy))
+
+    trl_times, da_times, da_parts = [], [], []
+
+    class Interleave(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, a, state, *rest, **k):
+            trl_times.append(time.perf_counter() - self.started)
+            t = time.perf_counter()
+            row = trainer.step(state.global_step - 1)
+            da_times.append(time.perf_counter() - t)
+            da_parts.append(row)
+
+    trl_trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), reward_funcs=trl_reward,
+                              args=trl_config, train_dataset=Dataset.from_dict({"prompt": prompts}),
+                              processing_class=tokenizer, callbacks=[Interleave()])
+    trl_trainer.train()
+
+    w = args.warmup
+    ratios = [d / t for d, t in zip(da_times[w:], trl_times[w:])]
+    parts = {k: 1000 * statistics.median(r[k] for r in da_parts[w:])
+             for k in ("generate_s", "score_s", "reference_s", "forward_backward_s", "optimizer_s")}
+    result = {
+        "benchmark": "grpo_step_time", "steps_measured": len(ratios), "threads": args.threads,
+        "trl_ms_median": 1000 * statistics.median(trl_times[w:]),
+        "divalign_ms_median": 1000 * statistics.median(da_times[w:]),
+        "ratio_median": statistics.median(ratios),
+        "ratio_p25_p75": [statistics.quantiles(ratios, n=4)[0], statistics.quantiles(ratios, n=4)[2]],
+        "divalign_parts_ms": {k: round(v, 2) for k, v in parts.items()},
+        "divalign_reward_last": da_parts[-1]["reward_mean"],
+    }
+    print(json.dumps(result))
+    if args.out:
+        with open(args.out, "a") as handle:
+            handle.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
