@@ -52,7 +52,7 @@ class DemoConfig:
     """SFT batch size."""
     sft_learning_rate: float = 1e-3
     """SFT learning rate (after 20 warm-up steps)."""
-    rl_steps: int = 300
+    rl_steps: int = 1000
     """RL steps."""
     rl_learning_rate: float = 1e-4
     """RL learning rate."""
