@@ -24,7 +24,7 @@ def test_defaults_yaml_and_flags_in_order_of_precedence(tmp_path):
     assert cfg.steps == 7 and cfg.learning_rate == 0.001
     assert cfg.fgrpo.divergence == "js" and cfg.fgrpo.beta == 0.5
     assert cfg.grpo.beta == 0.04  # untouched default
-    assert parse(["--no-fast-generation"]).fast_generation is False
+    assert parse(["--no-fast-path"]).fast_path is False
 
 
 def test_config_errors_name_file_and_key(tmp_path):

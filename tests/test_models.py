@@ -87,7 +87,9 @@ def test_tied_embeddings_model_loads(tmp_path):
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
 
 
-def test_shared_prompt_logprobs_equal_the_unshared_forward_in_value_and_gradient(tiny_model_dir):
+def test_lean_and_shared_prompt_logprobs_equal_the_hf_forward_in_value_and_gradient(tiny_model_dir):
+    """The Hugging Face forward without sharing is the reference; the lean Llama path and prompt sharing (on both
+    paths) must give the same log-probabilities and the same parameter gradients."""
     from divalign.generation import make_sampler
 
     model, tok = load_causal_lm(tiny_model_dir)
@@ -96,14 +98,17 @@ def test_shared_prompt_logprobs_equal_the_unshared_forward_in_value_and_gradient
                                                 num_samples=4)
     batch = rollout.sequences()
     weights = torch.randn(batch.completion_mask.shape)
-    results = []
-    for group in (1, 4):
-        model.zero_grad()
-        logp, _ = completion_logprobs(model, batch, temperature=0.8, group_size=group)
-        (logp * weights).sum().backward()
-        results.append((logp.detach(), [p.grad.clone() for p in model.parameters()]))
-    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=0)
-    for g1, g4 in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(g1, g4, atol=1e-5, rtol=1e-4)
+    results = {}
+    for fast in (False, True):
+        for group in (1, 4):
+            model.zero_grad()
+            logp, _ = completion_logprobs(model, batch, temperature=0.8, group_size=group, fast=fast)
+            (logp * weights).sum().backward()
+            results[fast, group] = (logp.detach(), [p.grad.clone() for p in model.parameters()])
+    reference_logp, reference_grads = results[False, 1]
+    for key, (logp, grads) in results.items():
+        torch.testing.assert_close(logp, reference_logp, atol=1e-5, rtol=0)
+        for g, g_ref in zip(grads, reference_grads):
+            torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="groups of 3"):
         completion_logprobs(model, batch, group_size=3)

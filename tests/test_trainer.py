@@ -40,7 +40,7 @@ def test_a_step_logs_finite_metrics_and_changes_the_weights(tiny_model_dir, obje
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\(\)` has been overridden")
+@pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
 @pytest.mark.parametrize("objective,options", [("grpo", {"grpo": {"aggregation": "token_mean"}}),
                                                ("fgrpo", {"fgrpo": {"divergence": "pearson"}})])
 def test_gradient_accumulation_equals_one_big_batch(tiny_model_dir, objective, options):

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from divalign import llama_fast
 from divalign.errors import UserError
 
 
@@ -128,7 +129,7 @@ def position_ids(attention_mask: Tensor) -> Tensor:
 
 
 def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, with_entropy: bool = False,
-                        group_size: int = 1) -> tuple[Tensor, Tensor | None]:
+                        group_size: int = 1, fast: bool = True) -> tuple[Tensor, Tensor | None]:
     """Per-token log π(y_t | x, y_<t) of the completion tokens, (B, T), in fp32; 0 on padding.
 
     Logits are divided by ``temperature`` so that the result matches the distribution that sampled the
@@ -139,11 +140,18 @@ def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, w
     prompt then runs once per group and its key-value cache is repeated for the G completions. Gradients reach
     the prompt through the cache, so values and gradients equal the unshared computation; the forward does
     G-fold less work on prompt tokens.
+
+    Llama-family models run through :mod:`divalign.llama_fast` (same values, fewer operations) unless
+    ``fast=False``; every other model through its own Hugging Face forward.
     """
     prompt_len = batch.prompt_length
     tokens = batch.input_ids[:, prompt_len:]
     mask = batch.completion_mask
-    if group_size > 1 and tokens.shape[1] > 0:
+    if group_size > 1:
+        _check_groups(batch, group_size)
+    if fast and llama_fast.supports(model):
+        logits = llama_fast.completion_logits(model, batch.input_ids, batch.attention_mask, prompt_len, group_size)
+    elif group_size > 1 and tokens.shape[1] > 0:
         logits = _shared_prompt_logits(model, batch, group_size)
     else:
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -156,14 +164,18 @@ def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, w
     return logprobs_from_logits(logits, tokens, mask, with_entropy)
 
 
+def _check_groups(batch: SequenceBatch, group_size: int) -> None:
+    prompts = batch.input_ids[:, :batch.prompt_length]
+    if prompts.shape[0] % group_size or not torch.equal(prompts[::group_size].repeat_interleave(group_size, 0),
+                                                         prompts):
+        raise ValueError(f"rows do not come in groups of {group_size} sharing a prompt")
+
+
 def _shared_prompt_logits(model, batch: SequenceBatch, group_size: int) -> Tensor:
     """Logits predicting each completion token, running each group's prompt once (see completion_logprobs)."""
     prompt_len = batch.prompt_length
     prompt_ids = batch.input_ids[::group_size, :prompt_len]
     prompt_mask = batch.attention_mask[::group_size, :prompt_len]
-    if batch.input_ids.shape[0] % group_size or not torch.equal(
-            prompt_ids.repeat_interleave(group_size, 0), batch.input_ids[:, :prompt_len]):
-        raise ValueError(f"rows do not come in groups of {group_size} sharing a prompt")
     prompt_pos = position_ids(prompt_mask)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True,
                 logits_to_keep=1)

@@ -1,4 +1,4 @@
-"""Samplers: one small interface (``generate`` → :class:`Rollout`), a fast path for Llama, a generic path."""
+"""Samplers: one small interface (``generate`` → :class:`Rollout`), a lean path for Llama, a generic path."""
 
 from divalign.generation import llama
 from divalign.generation.decode import HFSampler, Sampler

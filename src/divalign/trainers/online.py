@@ -84,8 +84,9 @@ class RLConfig:
     """Continue the run in output_dir from its latest checkpoint."""
     log_reference_kl: bool = True
     """Keep a frozen reference to log KL even when the objective does not need it."""
-    fast_generation: bool = True
-    """Use the lean Llama decoder when the model qualifies (other models always use the generic one)."""
+    fast_path: bool = True
+    """Sample and score Llama-family models through the lean functional path (other models always use their
+    Hugging Face forward)."""
     trust_remote_code: bool = False
     """Allow model folders that ship their own modelling code."""
     threads: int = 0
@@ -118,7 +119,7 @@ class OnlineTrainer:
         self.reference = reference
         self.objective = objectives.get(config.objective, family="online")
         self.options = config.objective_options
-        self.sampler = make_sampler(policy, tokenizer, fast=config.fast_generation)
+        self.sampler = make_sampler(policy, tokenizer, fast=config.fast_path)
         self.optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay)
         self.scheduler = make_schedule(self.optimizer, config.lr_schedule, config.warmup_steps, config.steps)
         self._prompt_ids: dict[str, list[int]] = {}
@@ -168,7 +169,8 @@ class OnlineTrainer:
         ref_logprobs = None
         if self.reference is not None:
             with torch.no_grad():
-                ref_logprobs, _ = completion_logprobs(self.reference, sequences, cfg.temperature, group_size=group)
+                ref_logprobs, _ = completion_logprobs(self.reference, sequences, cfg.temperature, group_size=group,
+                                                      fast=cfg.fast_path)
         timings["reference_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -182,7 +184,7 @@ class OnlineTrainer:
         for start in range(0, num_sequences, per_micro):
             rows = slice(start, start + per_micro)
             logprobs, entropy = completion_logprobs(self.policy, sequences.select(rows), cfg.temperature,
-                                                    with_entropy=True, group_size=group)
+                                                    with_entropy=True, group_size=group, fast=cfg.fast_path)
             batch = OnlineBatch(
                 logprobs=logprobs, old_logprobs=rollout.logprobs[rows],
                 ref_logprobs=None if ref_logprobs is None else ref_logprobs[rows],
