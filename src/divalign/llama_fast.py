@@ -135,20 +135,21 @@ def rope_tables(w: Weights, length: int, device) -> tuple[Tensor, Tensor]:
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """RoPE: x·cos + rotate_half(x)·sin, with rotate_half(x) = (−x₂, x₁)."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-second, first], dim=-1) * sin
 
 
-def mlp(layer: Layer, x: Tensor, eps: float, intermediate: int) -> Tensor:
-    gate_up = rms_norm(x, layer.mlp_gain, eps) @ layer.w_gate_up
-    return (F.silu(gate_up[..., :intermediate]) * gate_up[..., intermediate:]) @ layer.w_down
+def mlp(layer: Layer, x: Tensor, eps: float) -> Tensor:
+    # split/chunk rather than slicing: their backward concatenates instead of zero-filling full-size buffers
+    gate, up = (rms_norm(x, layer.mlp_gain, eps) @ layer.w_gate_up).chunk(2, dim=-1)
+    return (F.silu(gate) * up) @ layer.w_down
 
 
 def project_qkv(w: Weights, layer: Layer, x: Tensor, cos: Tensor, sin: Tensor):
     """x (..., hidden) → rotated q (..., Hq, D), rotated k (..., Hkv, D), v (..., Hkv, D)."""
-    qkv = (rms_norm(x, layer.attn_gain, w.eps) @ layer.wqkv).unflatten(-1, (w.hq + 2 * w.hk, w.d))
-    qk = rotate(qkv[..., : w.hq + w.hk, :], cos, sin)
-    return qk[..., : w.hq, :], qk[..., w.hq:, :], qkv[..., w.hq + w.hk:, :]
+    qk, v = (rms_norm(x, layer.attn_gain, w.eps) @ layer.wqkv).split([(w.hq + w.hk) * w.d, w.hk * w.d], dim=-1)
+    q, k = rotate(qk.unflatten(-1, (w.hq + w.hk, w.d)), cos, sin).split([w.hq, w.hk], dim=-2)
+    return q, k, v.unflatten(-1, (w.hk, w.d))
 
 
 # ----------------------------------------------------------------------------- sequences (training, prefill)
@@ -189,7 +190,7 @@ def forward_segment(w: Weights, ids: Tensor, mask: Tensor, cos_t: Tensor, sin_t:
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=w.hq != w.hk,
                                              scale=1.0 if w.q_scaled else None)
         x = x + att.transpose(1, 2).flatten(2) @ layer.wo
-        x = x + mlp(layer, x, w.eps, w.intermediate)
+        x = x + mlp(layer, x, w.eps)
     return x, kv
 
 

@@ -1,7 +1,17 @@
-"""Objectives: pure loss functions of tensors, registered by name (see :mod:`divalign.objectives.registry`)."""
+"""Objectives: pure loss functions of tensors, registered by name (see :mod:`divalign.objectives.registry`).
 
-from divalign.objectives import fgrpo, grpo  # noqa: F401  (registers the objectives)
+Families and their signatures:
+
+* ``online`` (GRPO, f-GRPO): ``loss(OnlineBatch, options) -> (loss, metrics)``;
+* ``pairs`` (DPO, IPO, f-DPO, f-PO): ``loss(PairBatch, options) -> (loss, metrics)``;
+* ``unpaired`` (FDO and its presets KLDO/BCO/HDO, KTO): ``loss(UnpairedBatch, options, state) -> (loss,
+  metrics)``, then ``options.next_state(state, metrics)`` once per batch.
+"""
+
+from divalign.objectives import fgrpo, grpo, pairs, unpaired  # noqa: F401  (registers the objectives)
 from divalign.objectives.batch import OnlineBatch, make_batch
+from divalign.objectives.pairs import PairBatch
 from divalign.objectives.registry import Objective, get, names, register
+from divalign.objectives.unpaired import UnpairedBatch
 
-__all__ = ["Objective", "OnlineBatch", "get", "make_batch", "names", "register"]
+__all__ = ["Objective", "OnlineBatch", "PairBatch", "UnpairedBatch", "get", "make_batch", "names", "register"]

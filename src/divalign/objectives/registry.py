@@ -1,9 +1,9 @@
 """Name registry for objectives.
 
-Every objective is a pure function ``loss_fn(batch, options) -> (loss, metrics)``: ``batch`` is the tensor
-bundle of its family and ``options`` an instance of the dataclass registered with it. ``metrics`` maps names to
-floats that are *additive over micro-batches*: each is this micro-batch's share of the whole-batch value, so a
-trainer that accumulates gradients simply sums them.
+Every objective is a pure function of its family's tensor bundle and an instance of the options dataclass
+registered with it, returning ``(loss, metrics)`` (the unpaired family also takes a small running ``state``;
+see :mod:`divalign.objectives`). ``metrics`` maps names to floats that are *additive over micro-batches*: each
+is this micro-batch's share of the whole-batch value, so a trainer that accumulates gradients simply sums them.
 """
 
 from __future__ import annotations
