@@ -29,7 +29,8 @@ def sft_start(folder: Path, threads: int) -> Path:
     if (folder / "model" / "model.safetensors").exists():
         return folder / "model"
     from divalign.charlm import build_char_tokenizer, tiny_llama
-    from divalign.commands.demo import DemoConfig
+    from divalign.commands.demo import DemoConfig, sft_config
+    from divalign.data.sft import Demonstration
     from divalign.tasks.arithmetic import ArithmeticTask
     from divalign.trainers.loop import run_steps
     from divalign.trainers.sft import SFTTrainer
@@ -40,8 +41,8 @@ def sft_start(folder: Path, threads: int) -> Path:
     tokenizer = build_char_tokenizer("0123456789+-=")
     model = tiny_llama(tokenizer, hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4, num_kv_heads=2,
                        max_positions=32, seed=0)
-    trainer = SFTTrainer(model, tokenizer, task.demonstrations(demo.demonstrations, seed=0), demo.sft_batch_size,
-                         demo.sft_learning_rate, demo.sft_steps, seed=0, warmup_steps=20)
+    demos = [Demonstration(ex.prompt, ex.answer) for ex in task.demonstrations(demo.demonstrations, seed=0)]
+    trainer = SFTTrainer(model, tokenizer, demos, sft_config(demo, demo.sft_steps))
     run_steps(trainer, folder, demo.sft_steps, show_progress=False)
     return folder / "model"
 

@@ -23,6 +23,13 @@ def _rl(args):
     rl.run(_config(RLConfig, args))
 
 
+def _sft(args):
+    from divalign.commands import sft
+    from divalign.trainers.sft import SFTConfig
+
+    sft.run(_config(SFTConfig, args))
+
+
 def _demo(args):
     from divalign.commands import demo
 
@@ -41,6 +48,7 @@ def _config(cls, args):
 def build_parser() -> argparse.ArgumentParser:
     from divalign.commands.demo import DemoConfig
     from divalign.trainers.online import RLConfig
+    from divalign.trainers.sft import SFTConfig
 
     parser = argparse.ArgumentParser(prog="divalign", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"divalign {__version__}")
@@ -53,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
 
     command("demo", DemoConfig, _demo, "SFT warm-up, then f-GRPO, then evaluation, on a tiny model, on CPU")
+    command("sft", SFTConfig, _sft, "supervised fine-tuning on prompt/completion or chat data")
     command("rl", RLConfig, _rl, "online RL (GRPO, f-GRPO) on a model folder")
     return parser
 

@@ -160,21 +160,29 @@ def _positions(mask: Tensor, start: Tensor | None = None) -> Tensor:
     return pos if start is None else pos + start[:, None]
 
 
+def causal_mask(mask: Tensor) -> Tensor:
+    """(n, L) padding mask → (n, L, L) causal attention mask; a padded query sees itself so no row is empty."""
+    length = mask.shape[1]
+    allowed = torch.ones((length, length), dtype=torch.bool, device=mask.device).tril() & mask.bool()[:, None, :]
+    return allowed | torch.eye(length, dtype=torch.bool, device=mask.device)
+
+
 def forward_segment(w: Weights, ids: Tensor, mask: Tensor, cos_t: Tensor, sin_t: Tensor,
                     prefix: list[tuple[Tensor, Tensor]] | None = None, prefix_mask: Tensor | None = None,
-                    start: Tensor | None = None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+                    start: Tensor | None = None, positions: Tensor | None = None,
+                    allowed: Tensor | None = None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
     """Run ``ids`` (n, L) through the layers; return hidden states (n, L, hidden) and each layer's (k, v).
 
     With ``prefix`` (per layer (k, v) of shape (n, Hkv, P, D)) the segment continues those sequences: its queries
     also see the prefix keys where ``prefix_mask`` (n, P) is 1, and positions continue from ``start`` (n,).
-    Padding rows and columns are masked; a padded query sees itself so no row is empty (its output is unused).
+    ``positions`` (n, L) and ``allowed`` (n, L, L) replace the positions and causal mask derived from ``mask``
+    (packed rows of several sequences).
     """
     n, length = ids.shape
-    pos = _positions(mask, start)
+    pos = _positions(mask, start) if positions is None else positions
     cos, sin = cos_t[pos].unsqueeze(-2), sin_t[pos].unsqueeze(-2)  # (n, L, 1, D)
-    key_ok = mask.bool()
-    allowed = torch.ones((length, length), dtype=torch.bool, device=ids.device).tril() & key_ok[:, None, :]
-    allowed |= torch.eye(length, dtype=torch.bool, device=ids.device)
+    if allowed is None:
+        allowed = causal_mask(mask)
     if prefix is not None:
         allowed = torch.cat([prefix_mask.bool()[:, None, :].expand(n, length, -1), allowed], dim=-1)
     allowed = allowed.unsqueeze(1)  # (n, 1, L, P + L)
@@ -192,6 +200,15 @@ def forward_segment(w: Weights, ids: Tensor, mask: Tensor, cos_t: Tensor, sin_t:
         x = x + att.transpose(1, 2).flatten(2) @ layer.wo
         x = x + mlp(layer, x, w.eps)
     return x, kv
+
+
+def packed_logits(model, input_ids: Tensor, positions: Tensor, allowed: Tensor) -> Tensor:
+    """Logits of every position of rows with explicit positions and (n, L, L) attention mask."""
+    w = weights(model)
+    cos_t, sin_t = rope_tables(w, int(positions.max()) + 1, input_ids.device)
+    hidden, _ = forward_segment(w, input_ids, torch.ones_like(positions), cos_t, sin_t, positions=positions,
+                                allowed=allowed)
+    return rms_norm(hidden, w.final_gain, w.eps) @ w.lm_head
 
 
 def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,

@@ -192,6 +192,38 @@ def _shared_prompt_logits(model, batch: SequenceBatch, group_size: int) -> Tenso
     return torch.cat([first, rest.logits], dim=1)
 
 
+def segment_positions(segment_ids: Tensor) -> Tensor:
+    """Position of every token within its segment (segments are runs of equal ids along each row)."""
+    index = torch.arange(segment_ids.shape[1], device=segment_ids.device).expand_as(segment_ids)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    return index - torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+
+
+def segment_logprobs(model, input_ids: Tensor, segment_ids: Tensor, fast: bool = True) -> Tensor:
+    """log π(x_t | earlier tokens of the same segment) for t = 1 … L − 1, as a (B, L − 1) tensor.
+
+    Rows may pack several sequences: ``segment_ids`` (B, L) numbers them 1, 2, … and marks padding 0. Attention
+    never crosses a segment boundary and positions restart at 0 in each segment, so a packed row gives the same
+    values as its sequences run one by one. The first token of each segment and padding get 0.
+    """
+    positions = segment_positions(segment_ids)
+    length = input_ids.shape[1]
+    causal = torch.ones((length, length), dtype=torch.bool, device=input_ids.device).tril()
+    real = segment_ids != 0
+    allowed = causal & (segment_ids[:, :, None] == segment_ids[:, None, :]) & real[:, None, :]
+    allowed |= torch.eye(length, dtype=torch.bool, device=input_ids.device)  # padding rows see themselves
+    if fast and llama_fast.supports(model):
+        logits = llama_fast.packed_logits(model, input_ids, positions, allowed)
+    else:
+        logits = model(input_ids=input_ids, attention_mask=allowed.unsqueeze(1), position_ids=positions,
+                       use_cache=False).logits
+    targets = input_ids[:, 1:]
+    valid = (segment_ids[:, 1:] == segment_ids[:, :-1]) & real[:, 1:]
+    logp, _ = logprobs_from_logits(logits[:, :-1].float(), targets, valid)
+    return logp
+
+
 def logprobs_from_logits(logits: Tensor, tokens: Tensor, mask: Tensor,
                          with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
     """log-softmax gathered at ``tokens`` without materialising the full log-softmax; 0 where ``mask`` is 0."""

@@ -31,3 +31,10 @@ def create_run_dir(path: Path, config) -> None:
 def set_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def positive(config, *names: str) -> None:
+    """Each named integer option must be at least 1."""
+    for name in names:
+        if getattr(config, name) < 1:
+            raise UserError(f"{name.replace('_', '-')} must be >= 1 (got {getattr(config, name)})")

@@ -20,6 +20,7 @@ import torch
 from divalign.charlm import build_char_tokenizer, tiny_llama
 from divalign.commands.common import check_output_dir, create_run_dir, set_threads
 from divalign.config import build
+from divalign.data.sft import Demonstration
 from divalign.errors import UserError
 from divalign.eval.passk import evaluate
 from divalign.models import frozen_copy, param_count
@@ -27,7 +28,7 @@ from divalign.plots import plot_series
 from divalign.tasks.arithmetic import ArithmeticConfig, ArithmeticTask, TaskPrompts
 from divalign.trainers.loop import run_steps
 from divalign.trainers.online import OnlineTrainer, RLConfig
-from divalign.trainers.sft import SFTTrainer
+from divalign.trainers.sft import SFTConfig, SFTTrainer
 from divalign.tracking import read_metrics
 
 
@@ -88,6 +89,12 @@ def rl_config(config: DemoConfig, run_dir: Path) -> RLConfig:
     }, where="demo")
 
 
+def sft_config(config: DemoConfig, steps: int) -> SFTConfig:
+    return SFTConfig(batch_size=config.sft_batch_size, learning_rate=config.sft_learning_rate, steps=steps,
+                     lr_schedule="constant", warmup_steps=20, max_length=32, seed=config.seed,
+                     progress=config.progress)
+
+
 def run(config: DemoConfig) -> dict:
     if config.objective not in ("fgrpo", "grpo"):
         raise UserError(f"demo objective must be fgrpo or grpo (got '{config.objective}')")
@@ -100,7 +107,7 @@ def run(config: DemoConfig) -> dict:
     torch.manual_seed(config.seed)
 
     task = ArithmeticTask(ArithmeticConfig(operands="2", max_value=99, operators="+-"))
-    demos = task.demonstrations(config.demonstrations, seed=config.seed)
+    demos = [Demonstration(ex.prompt, ex.answer) for ex in task.demonstrations(config.demonstrations, seed=config.seed)]
     eval_set = task.eval_set(config.eval_problems)
     tokenizer = build_char_tokenizer("0123456789+-=")
     model = tiny_llama(tokenizer, hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4,
@@ -111,8 +118,7 @@ def run(config: DemoConfig) -> dict:
         f"{len(eval_set)} held-out problems")
 
     def sft(policy, steps, folder, seconds=None):
-        trainer = SFTTrainer(policy, tokenizer, demos, config.sft_batch_size, config.sft_learning_rate, steps,
-                             seed=config.seed, warmup_steps=20)
+        trainer = SFTTrainer(policy, tokenizer, demos, sft_config(config, steps))
         t0 = time.perf_counter()
         run_steps(trainer, folder, steps, show_progress=config.progress, postfix_keys=("loss",),
                   max_seconds=seconds)

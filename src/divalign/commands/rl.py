@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from divalign import rewards
-from divalign.commands.common import check_output_dir, create_run_dir, set_threads
+from divalign.commands.common import check_output_dir, create_run_dir, positive, set_threads
 from divalign.data.prompts import DatasetPrompts, read_prompt_file
 from divalign.errors import UserError
 from divalign.models import frozen_copy, load_causal_lm
@@ -36,9 +36,7 @@ def prompt_source(config: RLConfig):
 def validate(config: RLConfig) -> None:
     if not config.model:
         raise UserError("no model: give --model FOLDER (a Hugging Face causal-LM folder)")
-    for name in ("steps", "prompts_per_step", "num_generations", "max_new_tokens"):
-        if getattr(config, name) < 1:
-            raise UserError(f"{name.replace('_', '-')} must be >= 1 (got {getattr(config, name)})")
+    positive(config, "steps", "prompts_per_step", "num_generations", "max_new_tokens")
     if config.temperature <= 0:
         raise UserError("temperature must be > 0")
     if config.micro_batch_prompts < 0:

@@ -1,5 +1,5 @@
-"""Readers for record files, with errors that name the file and line."""
+"""Readers for record files and datasets, with errors that name the file and line."""
 
-from divalign.data.records import read_records, require_fields
+from divalign.data.records import Record, read_records, require_fields
 
-__all__ = ["read_records", "require_fields"]
+__all__ = ["Record", "read_records", "require_fields"]

@@ -43,7 +43,7 @@ class DatasetPrompts:
 
 
 def read_prompt_file(path: str | os.PathLike, prompt_field: str = "prompt", answer_field: str = "answer") -> list[Example]:
-    """Read a JSONL file of prompts with gold answers (GSM8K: ``--prompt-field question``)."""
+    """Read a file of prompts with gold answers (JSONL, JSON, CSV or Parquet; GSM8K: ``--prompt-field question``)."""
     records = read_records(path)
-    require_fields(path, records, {prompt_field: str, answer_field: (str, int, float)})
-    return [Example(prompt=obj[prompt_field], answer=str(obj[answer_field])) for _, obj in records]
+    require_fields(records, {prompt_field: str, answer_field: (str, int, float)})
+    return [Example(prompt=r.data[prompt_field], answer=str(r.data[answer_field])) for r in records]

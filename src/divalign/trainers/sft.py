@@ -1,68 +1,194 @@
-"""Supervised fine-tuning on (prompt, completion) examples: next-token loss on completion tokens only.
+"""Supervised fine-tuning: next-token loss on completion tokens only, optionally packing several examples per row.
 
-The loss is the mean negative log-likelihood over all completion tokens of the batch, computed with the same
-:func:`~divalign.models.completion_logprobs` that RL and evaluation use.
+Examples are tokenised once: prompt tokens (the tokenizer's special tokens included, or the chat template's)
+then completion tokens and the end-of-sequence token. Every epoch shuffles them with a seeded permutation; with
+``packing`` consecutive examples share a row of ``max_length`` tokens, attention never crossing from one to the
+next (:func:`divalign.models.segment_logprobs`). The loss is the mean negative log-likelihood over the batch's
+completion tokens.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
-from divalign.data.prompts import Example
-from divalign.generation.sampling import left_pad
-from divalign.models import SequenceBatch, completion_logprobs
+from divalign.data.sft import Chat, Demonstration, render
+from divalign.errors import UserError
+from divalign.models import segment_logprobs
 from divalign.trainers.optim import make_optimizer, make_schedule
 
 
-def encode_examples(tokenizer, examples: list[Example]) -> SequenceBatch:
-    """Prompts left-padded, completions (answer + end-of-sequence) right-padded, as one batch."""
-    prompts = [tokenizer(ex.prompt)["input_ids"] for ex in examples]
-    completions = [tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                   for ex in examples]
-    prompt_ids, prompt_mask = left_pad(prompts, tokenizer.pad_token_id)
-    width = max(len(c) for c in completions)
-    comp = torch.full((len(examples), width), tokenizer.pad_token_id, dtype=torch.long)
-    comp_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, c in enumerate(completions):
-        comp[i, : len(c)] = torch.tensor(c)
-        comp_mask[i, : len(c)] = 1
-    return SequenceBatch(torch.cat([prompt_ids, comp], 1), torch.cat([prompt_mask, comp_mask], 1),
-                         prompt_ids.shape[1])
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning on prompt/completion or chat data; the loss covers completion tokens only."""
+
+    model: str = ""
+    """Folder of the model to fine-tune (AutoModelForCausalLM and its tokenizer)."""
+    data: str = ""
+    """Training file (JSONL, JSON, CSV, Parquet) with prompt/completion fields or chat messages."""
+    eval_data: str = ""
+    """Optional held-out file in the same format: its loss and perplexity are logged."""
+    output_dir: str = "runs/sft"
+    """Run folder: config, metrics.jsonl, checkpoints/ and the final model/."""
+    prompt_field: str = "prompt"
+    """Field holding the prompt."""
+    completion_field: str = "completion"
+    """Field holding the completion."""
+    messages_field: str = "messages"
+    """Field holding chat messages (used when the records have it)."""
+    max_length: int = 512
+    """Maximum tokens per example (longer completions are cut) and per packed row."""
+    packing: bool = False
+    """Pack several examples into each row of max_length tokens."""
+    batch_size: int = 8
+    """Rows per optimizer step."""
+    micro_batch_size: int = 0
+    """Rows per forward/backward (0: the whole batch); the loss is normalised by the whole batch."""
+    epochs: float = 1.0
+    """Passes over the data (used when steps is 0)."""
+    steps: int = 0
+    """Optimizer steps (0: derived from epochs)."""
+    learning_rate: float = 2e-5
+    """Peak learning rate of AdamW."""
+    lr_schedule: str = "cosine"
+    """constant, linear or cosine (after warm-up)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping threshold (0 disables)."""
+    eval_every: int = 0
+    """Evaluate on eval_data every this many steps (0: only at the end)."""
+    seed: int = 0
+    """Seed of data order and initialisation."""
+    save_every: int = 0
+    """Checkpoint every this many steps (0: only the final model)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    resume: bool = False
+    """Continue the run in output_dir from its latest checkpoint."""
+    fast_path: bool = True
+    """Run Llama-family models through the lean functional forward."""
+    trust_remote_code: bool = False
+    """Allow model folders that ship their own modelling code."""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default)."""
+    progress: bool = True
+    """Show a progress bar on the console."""
 
 
-def sft_loss(model, batch: SequenceBatch) -> torch.Tensor:
-    logprobs, _ = completion_logprobs(model, batch)
-    mask = batch.completion_mask
-    return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+@dataclass
+class Tokenized:
+    ids: list[int]
+    completion_start: int  #: tokens before this index are prompt (no loss)
+
+
+def tokenize(tokenizer, items: list[Demonstration | Chat], max_length: int) -> list[Tokenized]:
+    out, cut = [], 0
+    eos = tokenizer.eos_token_id
+    for item in items:
+        prompt, completion, templated = render(tokenizer, item)
+        prompt_ids = tokenizer(prompt, add_special_tokens=not templated)["input_ids"]
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
+        if len(prompt_ids) >= max_length:
+            raise UserError(f"an SFT prompt has {len(prompt_ids)} tokens, more than max_length {max_length}; "
+                            "raise --max-length")
+        ids = prompt_ids + completion_ids
+        if len(ids) > max_length:
+            ids, cut = ids[:max_length], cut + 1
+        out.append(Tokenized(ids, len(prompt_ids)))
+    if cut:
+        print(f"divalign: warning: {cut} of {len(items)} examples cut to max_length {max_length}", file=sys.stderr)
+    return out
+
+
+@dataclass
+class Rows:
+    input_ids: torch.Tensor  #: (R, L)
+    segment_ids: torch.Tensor  #: (R, L), 0 = padding
+    loss_mask: torch.Tensor  #: (R, L − 1): 1 where the target token is a completion token
+
+
+def build_rows(examples: list[Tokenized], pad_id: int, max_length: int, packing: bool) -> Rows:
+    """One example per row, or first-fit packing in the given order."""
+    rows: list[list[Tokenized]] = []
+    for ex in examples:
+        if packing and rows and sum(len(e.ids) for e in rows[-1]) + len(ex.ids) <= max_length:
+            rows[-1].append(ex)
+        else:
+            rows.append([ex])
+    width = max(sum(len(e.ids) for e in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    segments = torch.zeros((len(rows), width), dtype=torch.long)
+    targets = torch.zeros((len(rows), width), dtype=torch.float)
+    for r, row in enumerate(rows):
+        at = 0
+        for s, ex in enumerate(row, start=1):
+            n = len(ex.ids)
+            ids[r, at:at + n] = torch.tensor(ex.ids)
+            segments[r, at:at + n] = s
+            targets[r, at + ex.completion_start:at + n] = 1.0
+            at += n
+    return Rows(ids, segments, targets[:, 1:])
+
+
+def sft_loss_terms(model, rows: Rows, fast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of completion-token NLL, number of completion tokens) of some rows."""
+    logp = segment_logprobs(model, rows.input_ids, rows.segment_ids, fast=fast)
+    return -(logp * rows.loss_mask).sum(), rows.loss_mask.sum()
 
 
 class SFTTrainer:
-    """Minibatches drawn from a fixed list of examples in a seeded order (a pure function of step)."""
+    """Optimizer steps over seeded epochs of (optionally packed) rows; ``step`` is a pure function of the step."""
 
-    def __init__(self, model, tokenizer, examples: list[Example], batch_size: int, learning_rate: float,
-                 total_steps: int, seed: int = 0, schedule: str = "constant", warmup_steps: int = 0,
-                 weight_decay: float = 0.0, max_grad_norm: float = 1.0):
-        self.policy, self.tokenizer = model, tokenizer
-        self.examples, self.batch_size, self.seed = examples, batch_size, seed
-        self.max_grad_norm = max_grad_norm
-        self.optimizer = make_optimizer(model, learning_rate, weight_decay)
-        self.scheduler = make_schedule(self.optimizer, schedule, warmup_steps, total_steps)
-        self._encoded = {}
+    def __init__(self, model, tokenizer, items: list[Demonstration | Chat], config: SFTConfig,
+                 eval_items: list[Demonstration | Chat] | None = None):
+        self.policy, self.tokenizer, self.config = model, tokenizer, config
+        self.examples = tokenize(tokenizer, items, config.max_length)
+        self.eval_examples = tokenize(tokenizer, eval_items, config.max_length) if eval_items else None
+        self.total_steps = config.steps or max(1, math.ceil(config.epochs * self._rows_per_epoch(0)
+                                                            / config.batch_size))
+        self.optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
+        self.scheduler = make_schedule(self.optimizer, config.lr_schedule, config.warmup_steps, self.total_steps)
+        self._epoch_rows: dict[int, Rows] = {}
 
-    def _batch(self, step: int) -> list[Example]:
-        n = len(self.examples)
-        out = []
-        for k in range(step * self.batch_size, (step + 1) * self.batch_size):
-            epoch, i = divmod(k, n)
-            if epoch not in self._encoded:
-                order = list(range(n))
-                random.Random(f"sft-{self.seed}-{epoch}").shuffle(order)
-                self._encoded = {epoch: order}
-            out.append(self.examples[self._encoded[epoch][i]])
-        return out
+    def _rows(self, epoch: int) -> Rows:
+        if epoch not in self._epoch_rows:
+            order = list(range(len(self.examples)))
+            random.Random(f"sft-{self.config.seed}-{epoch}").shuffle(order)
+            self._epoch_rows = {epoch: build_rows([self.examples[i] for i in order], self.tokenizer.pad_token_id,
+                                                  self.config.max_length, self.config.packing)}
+        return self._epoch_rows[epoch]
+
+    def _rows_per_epoch(self, epoch: int) -> int:
+        return self._rows(epoch).input_ids.shape[0]
+
+    def _batch(self, step: int) -> Rows:
+        """Rows of ``step``: consecutive rows of the seeded epochs, wrapping into the next epoch."""
+        picked, need, k = [], self.config.batch_size, step * self.config.batch_size
+        while need:
+            epoch, index = 0, k
+            while index >= self._rows_per_epoch(epoch):
+                index -= self._rows_per_epoch(epoch)
+                epoch += 1
+            rows = self._rows(epoch)
+            take = min(need, rows.input_ids.shape[0] - index)
+            picked.append(Rows(rows.input_ids[index:index + take], rows.segment_ids[index:index + take],
+                               rows.loss_mask[index:index + take]))
+            need, k = need - take, k + take
+        width = max(p.input_ids.shape[1] for p in picked)
+        pad_id = self.tokenizer.pad_token_id
+
+        pad = torch.nn.functional.pad
+        return Rows(torch.cat([pad(p.input_ids, (0, width - p.input_ids.shape[1]), value=pad_id) for p in picked]),
+                    torch.cat([pad(p.segment_ids, (0, width - p.segment_ids.shape[1])) for p in picked]),
+                    torch.cat([pad(p.loss_mask, (0, width - 1 - p.loss_mask.shape[1])) for p in picked]))
 
     def state_dict(self, step: int) -> dict:
         return {"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
@@ -74,14 +200,44 @@ class SFTTrainer:
 
     def step(self, step: int) -> dict:
         t0 = time.perf_counter()
+        cfg = self.config
         self.policy.train()
-        batch = encode_examples(self.tokenizer, self._batch(step))
-        loss = sft_loss(self.policy, batch)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm or float("inf")))
+        batch = self._batch(step)
+        tokens = batch.loss_mask.sum().clamp(min=1)
+        micro = cfg.micro_batch_size or batch.input_ids.shape[0]
+        loss_total = 0.0
+        for start in range(0, batch.input_ids.shape[0], micro):
+            part = Rows(batch.input_ids[start:start + micro], batch.segment_ids[start:start + micro],
+                        batch.loss_mask[start:start + micro])
+            nll, _ = sft_loss_terms(self.policy, part, cfg.fast_path)
+            loss = nll / tokens
+            loss.backward()
+            loss_total += float(loss.item())
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"step": step + 1, "loss": float(loss.item()), "grad_norm": grad_norm, "lr": lr,
-                "step_s": time.perf_counter() - t0}
+        row = {"step": step + 1, "loss": loss_total, "tokens": int(tokens.item()), "grad_norm": grad_norm, "lr": lr}
+        if self.eval_examples and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0)
+                                   or step + 1 == self.total_steps):
+            row.update(self.evaluate())
+        row["step_s"] = time.perf_counter() - t0
+        return row
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean completion-token NLL and perplexity on the held-out examples."""
+        was_training = self.policy.training
+        self.policy.eval()
+        rows = build_rows(self.eval_examples, self.tokenizer.pad_token_id, self.config.max_length, packing=False)
+        nll, count = 0.0, 0.0
+        for start in range(0, rows.input_ids.shape[0], 64):
+            part = Rows(rows.input_ids[start:start + 64], rows.segment_ids[start:start + 64],
+                        rows.loss_mask[start:start + 64])
+            s, c = sft_loss_terms(self.policy, part, self.config.fast_path)
+            nll, count = nll + float(s), count + float(c)
+        self.policy.train(was_training)
+        mean = nll / max(count, 1.0)
+        return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50.0))}

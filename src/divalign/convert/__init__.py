@@ -1,0 +1,1 @@
+"""Converters from other checkpoint formats to Hugging Face model folders."""

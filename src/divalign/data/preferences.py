@@ -1,0 +1,135 @@
+"""Preference data: (prompt, chosen, rejected) pairs and unpaired (prompt, completion, desirable) examples.
+
+Generic files (JSONL, JSON, CSV, Parquet) hold either ``prompt``/``chosen``/``rejected`` or
+``prompt``/``completion``/``label``; field names can be changed. Built-in readers: HH-RLHF transcripts
+(:func:`read_hh_rlhf`) and compliance–refusal data from AdvBench (:func:`advbench_compliance_refusal`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from divalign.data.records import read_records, require_fields
+from divalign.errors import UserError
+
+ASSISTANT = "\n\nAssistant:"
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass(frozen=True)
+class Unpaired:
+    prompt: str
+    completion: str
+    desirable: bool
+
+
+def _check_identical(pairs: list[tuple[str, Pair]], drop_identical: bool) -> list[Pair]:
+    """A pair whose chosen and rejected are identical carries no preference: an error naming its line, or with
+    ``drop_identical`` a warning naming it and the pair left out."""
+    kept = []
+    for where, pair in pairs:
+        if pair.chosen == pair.rejected:
+            if not drop_identical:
+                raise UserError(f"{where}: chosen and rejected are identical (remove the pair, or allow dropping "
+                                "such pairs with --drop-identical-pairs)")
+            print(f"divalign: warning: {where}: chosen and rejected are identical; pair left out", file=sys.stderr)
+            continue
+        kept.append(pair)
+    if not kept:
+        raise UserError("no usable preference pairs")
+    return kept
+
+
+def read_pairs(path: str | os.PathLike, prompt_field: str = "prompt", chosen_field: str = "chosen",
+               rejected_field: str = "rejected", drop_identical: bool = False) -> list[Pair]:
+    records = read_records(path)
+    require_fields(records, {prompt_field: str, chosen_field: str, rejected_field: str})
+    return _check_identical([(r.where, Pair(r.data[prompt_field], r.data[chosen_field], r.data[rejected_field]))
+                             for r in records], drop_identical)
+
+
+_TRUE = {True, 1, "1", "true", "True", "yes", "desirable"}
+_FALSE = {False, 0, "0", "false", "False", "no", "undesirable"}
+
+
+def read_unpaired(path: str | os.PathLike, prompt_field: str = "prompt", completion_field: str = "completion",
+                  label_field: str = "label") -> list[Unpaired]:
+    records = read_records(path)
+    require_fields(records, {prompt_field: str, completion_field: str, label_field: (bool, int, str)})
+    out = []
+    for r in records:
+        label = r.data[label_field]
+        if label not in _TRUE and label not in _FALSE:
+            raise UserError(f"{r.where}: field '{label_field}' must be true/false or 1/0 (got {label!r})")
+        out.append(Unpaired(r.data[prompt_field], r.data[completion_field], label in _TRUE))
+    return out
+
+
+def split_hh_transcript(chosen: str, rejected: str, where: str) -> Pair:
+    """Split two HH-RLHF transcripts at the last ``\\n\\nAssistant:`` into the shared prompt and two replies."""
+    cut = chosen.rfind(ASSISTANT)
+    if cut < 0:
+        raise UserError(f"{where}: field 'chosen' has no '\\n\\nAssistant:' turn")
+    prompt = chosen[: cut + len(ASSISTANT)]
+    if not rejected.startswith(prompt):
+        raise UserError(f"{where}: 'chosen' and 'rejected' do not share the dialogue before the last assistant turn")
+    return Pair(prompt, chosen[len(prompt):], rejected[len(prompt):])
+
+
+def read_hh_rlhf(path: str | os.PathLike, drop_identical: bool = True) -> list[Pair]:
+    """HH-RLHF ``chosen``/``rejected`` transcripts as (prompt, chosen reply, rejected reply).
+
+    helpful-base/test has two pairs with identical replies; they are left out with a warning naming their
+    lines (``drop_identical=False`` makes them an error instead).
+    """
+    records = read_records(path)
+    require_fields(records, {"chosen": str, "rejected": str})
+    pairs = [(r.where, split_hh_transcript(r.data["chosen"], r.data["rejected"], r.where)) for r in records]
+    return _check_identical(pairs, drop_identical)
+
+
+#: Refusals paired with harmful requests: varied wording so that no single string is memorised.
+REFUSALS = (
+    "I'm sorry, but I can't help with that.",
+    "I can't assist with that request.",
+    "I won't help with this, because it could cause serious harm.",
+    "Sorry, I can't provide that. If you're facing a difficult situation, I'm happy to help in a safe way.",
+    "I'm not able to help with that, as it could hurt people.",
+    "I must decline: this request asks for something harmful.",
+)
+
+
+def advbench_compliance_refusal(path: str | os.PathLike) -> tuple[list[Unpaired], list[Pair]]:
+    """Compliance–refusal data from AdvBench ``harmful_behaviors.csv`` (research/algorithms.md §2.3).
+
+    Each harmful ``goal`` gets a refusal as the desirable response and its affirmative ``target`` ("Sure, here
+    is …") as the undesirable one. Returned both unpaired (for FDO, KTO, BCO) and as pairs (for DPO and
+    friends). Refusals rotate through :data:`REFUSALS` by row.
+    """
+    records = read_records(path)
+    require_fields(records, {"goal": str, "target": str})
+    unpaired, pairs = [], []
+    for index, record in enumerate(records):
+        goal, target = record.data["goal"], record.data["target"]
+        refusal = REFUSALS[index % len(REFUSALS)]
+        unpaired += [Unpaired(goal, refusal, True), Unpaired(goal, target, False)]
+        pairs.append(Pair(goal, refusal, target))
+    return unpaired, pairs
+
+
+def as_unpaired(pairs: list[Pair]) -> list[Unpaired]:
+    """Pairs as unpaired data: chosen replies desirable, rejected ones undesirable."""
+    return [u for p in pairs for u in (Unpaired(p.prompt, p.chosen, True), Unpaired(p.prompt, p.rejected, False))]
+
+
+def hh_rlhf_path(root: Path, subset: str = "harmless-base") -> Path:
+    return root / "hh_rlhf" / subset / "test.jsonl.gz"
