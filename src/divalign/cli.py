@@ -30,6 +30,13 @@ def _sft(args):
     sft.run(_config(SFTConfig, args))
 
 
+def _preference(args):
+    from divalign.commands import preference
+    from divalign.trainers.preference import PreferenceConfig
+
+    preference.run(_config(PreferenceConfig, args))
+
+
 def _demo(args):
     from divalign.commands import demo
 
@@ -48,6 +55,7 @@ def _config(cls, args):
 def build_parser() -> argparse.ArgumentParser:
     from divalign.commands.demo import DemoConfig
     from divalign.trainers.online import RLConfig
+    from divalign.trainers.preference import PreferenceConfig
     from divalign.trainers.sft import SFTConfig
 
     parser = argparse.ArgumentParser(prog="divalign", description=__doc__.splitlines()[0])
@@ -62,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("demo", DemoConfig, _demo, "SFT warm-up, then f-GRPO, then evaluation, on a tiny model, on CPU")
     command("sft", SFTConfig, _sft, "supervised fine-tuning on prompt/completion or chat data")
+    command("preference", PreferenceConfig, _preference,
+            "offline alignment: DPO, IPO, f-DPO, f-PO on pairs; FDO (KLDO, BCO, HDO), KTO on unpaired data")
     command("rl", RLConfig, _rl, "online RL (GRPO, f-GRPO) on a model folder")
     return parser
 

@@ -75,13 +75,16 @@ def read_unpaired(path: str | os.PathLike, prompt_field: str = "prompt", complet
 
 
 def split_hh_transcript(chosen: str, rejected: str, where: str) -> Pair:
-    """Split two HH-RLHF transcripts at the last ``\\n\\nAssistant:`` into the shared prompt and two replies."""
-    cut = chosen.rfind(ASSISTANT)
+    """Split two HH-RLHF transcripts into the shared dialogue and the two final replies.
+
+    The prompt ends at the last ``\\n\\nAssistant:`` the two transcripts have in common (a few HH replies
+    themselves contain "Human: … Assistant:" text, so the last marker of one transcript alone can fall inside
+    its reply).
+    """
+    cut = os.path.commonprefix([chosen, rejected]).rfind(ASSISTANT)
     if cut < 0:
-        raise UserError(f"{where}: field 'chosen' has no '\\n\\nAssistant:' turn")
-    prompt = chosen[: cut + len(ASSISTANT)]
-    if not rejected.startswith(prompt):
         raise UserError(f"{where}: 'chosen' and 'rejected' do not share the dialogue before the last assistant turn")
+    prompt = chosen[: cut + len(ASSISTANT)]
     return Pair(prompt, chosen[len(prompt):], rejected[len(prompt):])
 
 

@@ -7,9 +7,9 @@ uninterrupted one would, with no iterator state to save.
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
 
+from divalign.data.order import EpochOrder
 from divalign.data.records import read_records, require_fields
 
 
@@ -24,22 +24,10 @@ class DatasetPrompts:
 
     def __init__(self, examples: list[Example], seed: int = 0):
         self.examples = examples
-        self.seed = seed
-        self._orders: dict[int, list[int]] = {}
-
-    def _order(self, epoch: int) -> list[int]:
-        if epoch not in self._orders:
-            order = list(range(len(self.examples)))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            self._orders = {epoch: order}
-        return self._orders[epoch]
+        self.order = EpochOrder(len(examples), f"prompts-{seed}")
 
     def batch(self, step: int, size: int) -> list[Example]:
-        n = len(self.examples)
-        out = []
-        for k in range(step * size, (step + 1) * size):
-            out.append(self.examples[self._order(k // n)[k % n]])
-        return out
+        return [self.examples[i] for i in self.order.take(step * size, size)]
 
 
 def read_prompt_file(path: str | os.PathLike, prompt_field: str = "prompt", answer_field: str = "answer") -> list[Example]:

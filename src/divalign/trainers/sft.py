@@ -10,13 +10,13 @@ completion tokens.
 from __future__ import annotations
 
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
+from divalign.data.order import EpochOrder
 from divalign.data.sft import Chat, Demonstration, render
 from divalign.errors import UserError
 from divalign.models import segment_logprobs
@@ -151,6 +151,7 @@ class SFTTrainer:
                  eval_items: list[Demonstration | Chat] | None = None):
         self.policy, self.tokenizer, self.config = model, tokenizer, config
         self.examples = tokenize(tokenizer, items, config.max_length)
+        self.order = EpochOrder(len(self.examples), f"sft-{config.seed}")
         self.eval_examples = tokenize(tokenizer, eval_items, config.max_length) if eval_items else None
         self.total_steps = config.steps or max(1, math.ceil(config.epochs * self._rows_per_epoch(0)
                                                             / config.batch_size))
@@ -160,8 +161,7 @@ class SFTTrainer:
 
     def _rows(self, epoch: int) -> Rows:
         if epoch not in self._epoch_rows:
-            order = list(range(len(self.examples)))
-            random.Random(f"sft-{self.config.seed}-{epoch}").shuffle(order)
+            order = self.order.permutation(epoch)
             self._epoch_rows = {epoch: build_rows([self.examples[i] for i in order], self.tokenizer.pad_token_id,
                                                   self.config.max_length, self.config.packing)}
         return self._epoch_rows[epoch]

@@ -1,0 +1,300 @@
+"""Offline preference and divergence-estimation training on pairs (DPO, IPO, f-DPO, f-PO) or on unpaired
+desirable/undesirable responses (FDO with its KLDO/BCO/HDO presets, KTO).
+
+One step: take the step's pairs (or examples) in a seeded order, run the policy once over all their completions
+(a pair's two completions share one prompt forward), sum token log-probabilities per completion, read the
+reference log-probabilities (computed once for the whole dataset before training, or live), apply the objective,
+backward, clip, step. Unpaired objectives keep a small running state (KLDO's average, BCO's shift) that is
+saved with each checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from divalign import objectives
+from divalign.data.order import EpochOrder
+from divalign.data.preferences import Pair, Unpaired
+from divalign.generation.sampling import left_pad
+from divalign.models import SequenceBatch, completion_logprobs
+from divalign.objectives import PairBatch, UnpairedBatch
+from divalign.objectives.pairs import DPOOptions, FDPOOptions, FPOOptions, IPOOptions
+from divalign.objectives.unpaired import FDOOptions, KTOOptions
+from divalign.trainers.optim import make_optimizer, make_schedule
+
+
+@dataclass
+class PreferenceConfig:
+    """Offline alignment on preference pairs (dpo, ipo, fdpo, fpo) or desirable/undesirable data (fdo, kto)."""
+
+    model: str = ""
+    """Folder of the policy (AutoModelForCausalLM and its tokenizer); also the frozen reference."""
+    data: str = ""
+    """Data file (JSONL, JSON, CSV, Parquet), or built-in: hh-rlhf:harmless-base, hh-rlhf:helpful-base, advbench."""
+    eval_data: str = ""
+    """Optional held-out file in the same format (or a built-in name); default: eval_fraction of data."""
+    eval_fraction: float = 0.1
+    """Share of data held out for evaluation when eval_data is empty (0: none)."""
+    output_dir: str = "runs/preference"
+    """Run folder: config, metrics.jsonl, checkpoints/ and the final model/."""
+    objective: str = "dpo"
+    """dpo, ipo, fdpo, fpo (pairs) or fdo, kto (unpaired; pairs are split into chosen/rejected)."""
+    prompt_field: str = "prompt"
+    """Field holding the prompt."""
+    chosen_field: str = "chosen"
+    """Field holding the preferred response (pair files)."""
+    rejected_field: str = "rejected"
+    """Field holding the dispreferred response (pair files)."""
+    completion_field: str = "completion"
+    """Field holding the response (unpaired files)."""
+    label_field: str = "label"
+    """Field holding desirable (true/1) or undesirable (false/0) (unpaired files)."""
+    drop_identical_pairs: bool = False
+    """Leave out pairs whose chosen and rejected are identical (with a warning) instead of stopping."""
+    max_length: int = 256
+    """Maximum tokens of prompt + response; prompts are cut from the left, responses from the right."""
+    batch_size: int = 8
+    """Pairs (or unpaired examples) per optimizer step."""
+    micro_batch_size: int = 0
+    """Pairs or examples per forward/backward (0: the whole batch)."""
+    epochs: float = 1.0
+    """Passes over the data (used when steps is 0)."""
+    steps: int = 0
+    """Optimizer steps (0: derived from epochs)."""
+    learning_rate: float = 5e-6
+    """Peak learning rate of AdamW."""
+    lr_schedule: str = "constant"
+    """constant, linear or cosine (after warm-up)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping threshold (0 disables)."""
+    precompute_reference: bool = True
+    """Compute the reference log-probabilities once before training instead of a reference forward per step."""
+    eval_every: int = 0
+    """Evaluate every this many steps (0: only at the end)."""
+    seed: int = 0
+    """Seed of data order and of the evaluation split."""
+    save_every: int = 0
+    """Checkpoint every this many steps (0: only the final model)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    resume: bool = False
+    """Continue the run in output_dir from its latest checkpoint."""
+    fast_path: bool = True
+    """Run Llama-family models through the lean functional forward."""
+    trust_remote_code: bool = False
+    """Allow model folders that ship their own modelling code."""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default)."""
+    progress: bool = True
+    """Show a progress bar on the console."""
+    dpo: DPOOptions = field(default_factory=DPOOptions)
+    ipo: IPOOptions = field(default_factory=IPOOptions)
+    fdpo: FDPOOptions = field(default_factory=FDPOOptions)
+    fpo: FPOOptions = field(default_factory=FPOOptions)
+    fdo: FDOOptions = field(default_factory=FDOOptions)
+    kto: KTOOptions = field(default_factory=KTOOptions)
+
+    @property
+    def objective_options(self):
+        return getattr(self, self.objective)
+
+
+@dataclass
+class Encoded:
+    """Token ids of responses to prompts; ``group`` responses in a row share a prompt (2 for pairs)."""
+
+    prompts: list[list[int]]  #: one per response
+    responses: list[list[int]]
+    group: int
+
+    def batch(self, rows: list[int], pad_id: int) -> SequenceBatch:
+        prompt_ids, prompt_mask = left_pad([self.prompts[i] for i in rows], pad_id)
+        width = max(len(self.responses[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, i in enumerate(rows):
+            ids[j, : len(self.responses[i])] = torch.tensor(self.responses[i])
+            mask[j, : len(self.responses[i])] = 1
+        return SequenceBatch(torch.cat([prompt_ids, ids], 1), torch.cat([prompt_mask, mask], 1), prompt_ids.shape[1])
+
+
+def encode(tokenizer, prompts: list[str], responses: list[str], max_length: int, group: int) -> Encoded:
+    """Prompts keep their last tokens and responses their first ones so that each pair fits ``max_length``."""
+    eos = tokenizer.eos_token_id
+    p_ids = [tokenizer(p)["input_ids"] for p in prompts]
+    r_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [eos] for r in responses]
+    out_p, out_r = [], []
+    for p, r in zip(p_ids, r_ids):
+        keep_prompt = min(len(p), max(1, max_length // 2))
+        p = p[-keep_prompt:] if len(p) + len(r) > max_length else p
+        out_p.append(p)
+        out_r.append(r[: max(1, max_length - len(p))])
+    return Encoded(out_p, out_r, group)
+
+
+def sequence_logps(model, data: Encoded, rows: list[int], pad_id: int, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ_t log π(y_t | x, y_<t), response lengths) for the given rows (whole groups)."""
+    batch = data.batch(rows, pad_id)
+    logp, _ = completion_logprobs(model, batch, group_size=data.group, fast=fast)
+    return logp.sum(-1), batch.completion_mask.sum(-1).float()
+
+
+class PreferenceTrainer:
+    def __init__(self, model, tokenizer, config: PreferenceConfig, train: list[Pair] | list[Unpaired],
+                 reference, eval_items: list[Pair] | list[Unpaired] | None = None):
+        self.policy, self.tokenizer, self.config = model, tokenizer, config
+        self.objective = objectives.get(config.objective)
+        self.options = config.objective_options
+        self.paired = self.objective.family == "pairs"
+        self.data = encode_dataset(tokenizer, train, config.max_length, self.paired)
+        self.labels = None if self.paired else torch.tensor([u.desirable for u in train])
+        self.units = len(train)  # pairs or examples
+        self.order = EpochOrder(self.units, f"preference-{config.seed}")
+        self.reference = reference
+        self.ref_logps = None
+        if config.precompute_reference:
+            self.ref_logps = reference_logps(reference, self.data, tokenizer.pad_token_id, config.fast_path)
+        self.total_steps = config.steps or max(1, int(config.epochs * self.units / config.batch_size + 0.999))
+        self.optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
+        self.scheduler = make_schedule(self.optimizer, config.lr_schedule, config.warmup_steps, self.total_steps)
+        self.state: dict = {}
+        self.eval_items = eval_items
+
+    def state_dict(self, step: int) -> dict:
+        return {"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "objective_state": self.state}
+
+    def load_state_dict(self, state: dict) -> int:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.state = state.get("objective_state", {})
+        return int(state["step"])
+
+    def _units(self, step: int) -> list[int]:
+        """Indices of the pairs/examples of ``step``: consecutive items of seeded epoch permutations."""
+        return self.order.take(step * self.config.batch_size, self.config.batch_size)
+
+    def _rows(self, units: list[int]) -> list[int]:
+        g = self.data.group
+        return [u * g + j for u in units for j in range(g)]
+
+    def step(self, step: int) -> dict:
+        t0 = time.perf_counter()
+        cfg = self.config
+        self.policy.train()
+        units = self._units(step)
+        micro = cfg.micro_batch_size or len(units)
+        summed: dict[str, float] = {}
+        loss_total = 0.0
+        counts = self._counts(units)
+        for start in range(0, len(units), micro):
+            part = units[start:start + micro]
+            rows = self._rows(part)
+            logps, lengths = sequence_logps(self.policy, self.data, rows, self.tokenizer.pad_token_id, cfg.fast_path)
+            ref = self._reference(rows)
+            loss, metrics = self._loss(part, logps, lengths, ref, counts)
+            loss.backward()
+            loss_total += float(loss.item())
+            for key, value in metrics.items():
+                summed[key] = summed.get(key, 0.0) + value
+        if not self.paired:
+            self.state = self.options.next_state(self.state, summed)
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        row = {"step": step + 1, "loss": loss_total, "grad_norm": grad_norm, "lr": lr, **summed}
+        if self.eval_items and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == self.total_steps):
+            row.update(self.evaluate(self.eval_items))
+        row["step_s"] = time.perf_counter() - t0
+        return row
+
+    @torch.no_grad()
+    def evaluate(self, items: list[Pair] | list[Unpaired]) -> dict:
+        """Held-out implicit-reward statistics with Δ = log π_θ − log π_ref summed over each response.
+
+        Pairs: ``eval_accuracy`` (share of pairs with Δ_chosen > Δ_rejected) and the mean margin. Unpaired: the
+        mean Δ of desirable and of undesirable responses and their gap.
+        """
+        pad, fast = self.tokenizer.pad_token_id, self.config.fast_path
+        data = encode_dataset(self.tokenizer, items, self.config.max_length, self.paired)
+        delta = reference_logps(self.policy, data, pad, fast) - reference_logps(self.reference, data, pad, fast)
+        if self.paired:
+            margin = delta[0::2] - delta[1::2]
+            return {"eval_accuracy": float((margin > 0).float().mean()), "eval_margin": float(margin.mean())}
+        labels = torch.tensor([u.desirable for u in items])
+        good, bad = float(delta[labels].mean()), float(delta[~labels].mean())
+        return {"eval_delta_desirable": good, "eval_delta_undesirable": bad, "eval_gap": good - bad}
+
+    def _counts(self, units: list[int]) -> dict:
+        if self.paired:
+            return {"num_pairs": len(units)}
+        labels = self.labels[units]
+        return {"num_desirable": int(labels.sum()), "num_undesirable": int((~labels).sum())}
+
+    def _reference(self, rows: list[int]) -> torch.Tensor:
+        if self.ref_logps is not None:
+            return self.ref_logps[rows]
+        with torch.no_grad():
+            return sequence_logps(self.reference, self.data, rows, self.tokenizer.pad_token_id, self.config.fast_path)[0]
+
+    def _loss(self, units, logps, lengths, ref, counts):
+        if self.paired:
+            batch = PairBatch(logps[0::2], logps[1::2], ref[0::2], ref[1::2], lengths[0::2], lengths[1::2],
+                              **counts)
+            return self.objective.loss(batch, self.options)
+        extra = {}
+        if self.config.objective == "kto" and len(units) > 1:
+            extra = self._kto_reference_point(units)
+        batch = UnpairedBatch(logps, ref, self.labels[units], **counts, **extra)
+        return self.objective.loss(batch, self.options, self.state)
+
+    def _kto_reference_point(self, units: list[int]) -> dict:
+        """KTO's z₀ inputs: log-probabilities of each prompt with the *next* example's response (no gradient)."""
+        shifted = Encoded([self.data.prompts[u] for u in units],
+                          [self.data.responses[u] for u in units[1:] + units[:1]], 1)
+        rows = list(range(len(units)))
+        pad = self.tokenizer.pad_token_id
+        with torch.no_grad():
+            kl_logps = sequence_logps(self.policy, shifted, rows, pad, self.config.fast_path)[0]
+            ref_kl = sequence_logps(self.reference, shifted, rows, pad, self.config.fast_path)[0]
+        return {"kl_logps": kl_logps, "ref_kl_logps": ref_kl}
+
+
+def encode_dataset(tokenizer, items: list[Pair] | list[Unpaired], max_length: int, paired: bool) -> Encoded:
+    if paired:
+        prompts = [p.prompt for p in items for _ in range(2)]
+        responses = [r for p in items for r in (p.chosen, p.rejected)]
+        return encode(tokenizer, prompts, responses, max_length, group=2)
+    return encode(tokenizer, [u.prompt for u in items], [u.completion for u in items], max_length, group=1)
+
+
+@torch.no_grad()
+def reference_logps(model, data: Encoded, pad_id: int, fast: bool, chunk: int = 64) -> torch.Tensor:
+    """Sequence log-probabilities of every response under ``model``, computed once (the cached reference)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    rows = list(range(len(data.responses)))
+    step = max(data.group, chunk - chunk % data.group)
+    for start in range(0, len(rows), step):
+        out.append(sequence_logps(model, data, rows[start:start + step], pad_id, fast)[0])
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def preference_accuracy(model, tokenizer, pairs: list[Pair], max_length: int, fast: bool = True) -> float:
+    """Fraction of pairs where the model gives the chosen response a higher log-probability than the rejected."""
+    data = encode_dataset(tokenizer, pairs, max_length, paired=True)
+    logps = reference_logps(model, data, tokenizer.pad_token_id, fast)
+    return float((logps[0::2] > logps[1::2]).float().mean())
