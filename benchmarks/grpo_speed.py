@@ -46,6 +46,7 @@ def main() -> None:
     from divalign.config import build
     from divalign.data.prompts import DatasetPrompts, Example
     from divalign.models import frozen_copy, load_causal_lm
+    from divalign.rewards import PerSample
     from divalign.trainers.online import OnlineTrainer, RLConfig
 
     workdir = tempfile.mkdtemp(prefix="grpo-speed-")
@@ -74,8 +75,8 @@ def main() -> None:
     })
     policy, da_tokenizer = load_causal_lm(folder)
     source = DatasetPrompts([Example(p, "") for p in prompts], seed=0)
-    trainer = OnlineTrainer(da_config, policy, da_tokenizer, source, lambda text, answer: digits_reward(text),
-                            reference=frozen_copy(policy))
+    trainer = OnlineTrainer(da_config, policy, da_tokenizer, source,
+                            PerSample(lambda text, answer: digits_reward(text)), reference=frozen_copy(policy))
 
     trl_times, da_times, da_parts = [], [], []
 

@@ -11,6 +11,7 @@ from divalign.config import build
 from divalign.data.prompts import DatasetPrompts, Example
 from divalign.generation import HFSampler
 from divalign.models import frozen_copy, load_causal_lm, save_model
+from divalign.rewards import PerSample
 from divalign.trainers.online import OnlineTrainer, RLConfig
 
 
@@ -23,7 +24,7 @@ def make_trainer(model, tok, **over):
               "learning_rate": 1e-3, "progress": False, **over}
     cfg = build(RLConfig, values)
     source = DatasetPrompts([Example(f"{i}+{i}=", str(2 * i)) for i in range(10)], seed=0)
-    return OnlineTrainer(cfg, model, tok, source, digits, reference=frozen_copy(model))
+    return OnlineTrainer(cfg, model, tok, source, PerSample(digits), reference=frozen_copy(model))
 
 
 @pytest.mark.parametrize("objective", ["grpo", "fgrpo"])

@@ -37,6 +37,13 @@ def _preference(args):
     preference.run(_config(PreferenceConfig, args))
 
 
+def _rm(args):
+    from divalign.commands import rm
+    from divalign.trainers.reward_model import RMConfig
+
+    rm.run(_config(RMConfig, args))
+
+
 def _demo(args):
     from divalign.commands import demo
 
@@ -56,9 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     from divalign.commands.demo import DemoConfig
     from divalign.trainers.online import RLConfig
     from divalign.trainers.preference import PreferenceConfig
+    from divalign.trainers.reward_model import RMConfig
     from divalign.trainers.sft import SFTConfig
 
-    parser = argparse.ArgumentParser(prog="divalign", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="divalign", description="Align causal language models: SFT, reward models, preference and "
+        "divergence-estimation objectives, online RL (GRPO, f-GRPO). `divalign COMMAND --help` lists each command's "
+        "options; every option can also come from a YAML file given with --config.")
     parser.add_argument("--version", action="version", version=f"divalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -70,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("demo", DemoConfig, _demo, "SFT warm-up, then f-GRPO, then evaluation, on a tiny model, on CPU")
     command("sft", SFTConfig, _sft, "supervised fine-tuning on prompt/completion or chat data")
+    command("rm", RMConfig, _rm, "Bradley-Terry reward model on preference pairs")
     command("preference", PreferenceConfig, _preference,
             "offline alignment: DPO, IPO, f-DPO, f-PO on pairs; FDO (KLDO, BCO, HDO), KTO on unpaired data")
     command("rl", RLConfig, _rl, "online RL (GRPO, f-GRPO) on a model folder")

@@ -1,9 +1,15 @@
-"""Where the shared real data lives: one setting, ``DIVALIGN_DATA``, defaulting to ``../shared/data``."""
+"""Where the shared real data lives: one setting, ``DIVALIGN_DATA``, defaulting to ``../shared/data``.
+
+Any data path given to divalign may start with ``data:`` to mean "inside that folder", e.g.
+``data:gsm8k/test.jsonl``, so configs do not depend on where the data sits.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from divalign.errors import UserError
 
 ENV_VAR = "DIVALIGN_DATA"
 
@@ -27,3 +33,13 @@ def data_file(*parts: str) -> Path | None:
         return None
     path = root.joinpath(*parts)
     return path if path.exists() else None
+
+
+def resolve(spec: str) -> str:
+    """``data:REL`` → the data folder's REL; anything else unchanged."""
+    if not spec.startswith("data:"):
+        return spec
+    root = data_dir()
+    if root is None:
+        raise UserError(f"'{spec}' refers to the data folder, which was not found: set {ENV_VAR}")
+    return str(root / spec[len("data:"):])

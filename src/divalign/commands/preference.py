@@ -20,7 +20,7 @@ from divalign.trainers.preference import PreferenceConfig, PreferenceTrainer
 BUILTIN = ("hh-rlhf:harmless-base", "hh-rlhf:helpful-base", "advbench")
 
 
-def _builtin(name: str) -> tuple[list[Pair], list[Unpaired] | None]:
+def builtin_data(name: str) -> tuple[list[Pair], list[Unpaired] | None]:
     root = data_dir()
     if root is None:
         raise UserError(f"'{name}' needs the shared data folder: set DIVALIGN_DATA")
@@ -33,7 +33,7 @@ def _builtin(name: str) -> tuple[list[Pair], list[Unpaired] | None]:
 def load(spec: str, config: PreferenceConfig, paired: bool) -> list[Pair] | list[Unpaired]:
     """Pairs for the pair objectives; desirable/undesirable examples for the unpaired ones."""
     if spec in BUILTIN:
-        pairs, unpaired = _builtin(spec)
+        pairs, unpaired = builtin_data(spec)
         return pairs if paired else (unpaired or as_unpaired(pairs))
     first = read_records(spec)[0].data
     if config.chosen_field in first:

@@ -1,6 +1,6 @@
 """Convert a Karpathy llama2.c checkpoint and its tokenizer into a Hugging Face Llama folder.
 
-Usage: ``python -m divalign.convert.llama2c MODEL.bin TOK.bin OUT_DIR``.
+Usage: ``python -m divalign.convert.llama2c MODEL.bin TOK.bin OUT_DIR`` (paths may start with ``data:``).
 
 Formats (little-endian), as written by llama2.c's legacy export:
 
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from divalign.errors import UserError
+from divalign.paths import resolve
 
 HEADER_FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
 NORM_EPS = 1e-5
@@ -51,7 +52,7 @@ FIRST_PIECE = 3 + 256  # ids 0..2 are unk/BOS/EOS, 3..258 the byte tokens
 
 def _read_bytes(path) -> bytes:
     try:
-        return Path(path).read_bytes()
+        return Path(resolve(str(path))).read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: file does not exist") from None
     except OSError as exc:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from divalign.errors import UserError
+from divalign.paths import resolve
 
 FORMATS = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet")
 
@@ -31,8 +32,9 @@ def _suffix(path: Path) -> str:
 
 
 def read_records(path: str | os.PathLike) -> list[Record]:
-    """All records of a data file, in order; blank JSONL lines are skipped. Raises UserError on any problem."""
-    path = Path(path)
+    """All records of a data file, in order; blank JSONL lines are skipped. Raises UserError on any problem.
+    A path starting with ``data:`` is read from the shared data folder (:func:`divalign.paths.resolve`)."""
+    path = Path(resolve(str(path)))
     if not path.exists():
         raise UserError(f"{path}: file does not exist")
     if path.is_dir():

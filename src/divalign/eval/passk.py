@@ -24,7 +24,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def evaluate(model, tokenizer, examples: list[Example], reward_fn, *, max_new_tokens: int, k: int = 8,
              samples: int | None = None, temperature: float = 1.0, seed: int = 0, batch_size: int = 512,
              fast: bool = True) -> dict:
-    """Greedy pass@1, sampled pass@k (``samples`` ≥ k draws per prompt) and mean sampled reward."""
+    """Greedy pass@1, sampled pass@k (``samples`` ≥ k draws per prompt) and mean sampled reward.
+
+    ``reward_fn`` scores a batch: ``reward_fn(prompts, completions, answers)`` (see :mod:`divalign.rewards`).
+    """
     samples = samples or k
     was_training = model.training
     model.eval()
@@ -34,7 +37,8 @@ def evaluate(model, tokenizer, examples: list[Example], reward_fn, *, max_new_to
     for start in range(0, len(examples), batch_size):
         rollout = sampler.generate(prompts[start:start + batch_size], max_new_tokens, greedy=True)
         texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-        greedy_rewards += [reward_fn(t, ex.answer) for t, ex in zip(texts, examples[start:start + batch_size])]
+        chunk = examples[start:start + batch_size]
+        greedy_rewards += reward_fn([ex.prompt for ex in chunk], texts, [ex.answer for ex in chunk])
         lengths += rollout.lengths.tolist()
     generator = torch.Generator().manual_seed(seed)
     sampled_rewards = []
@@ -45,7 +49,7 @@ def evaluate(model, tokenizer, examples: list[Example], reward_fn, *, max_new_to
         rollout = sampler.generate(ids, max_new_tokens, temperature, generator=generator)
         texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         answers = [ex.answer for ex in chunk for _ in range(samples)]
-        sampled_rewards += [reward_fn(t, a) for t, a in zip(texts, answers)]
+        sampled_rewards += reward_fn([ex.prompt for ex in chunk for _ in range(samples)], texts, answers)
     model.train(was_training)
     correct = [sum(r >= 1.0 for r in sampled_rewards[i * samples:(i + 1) * samples]) for i in range(len(examples))]
     n = len(examples)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from divalign.data.prompts import Example
 from divalign.errors import UserError
+from divalign.rewards import PerSample
 from divalign.rewards.numeric import exact_reward
 
 
@@ -60,10 +61,10 @@ def evaluate(values: list[int], ops: list[str]) -> int:
 
 class ArithmeticTask:
     name = "arithmetic"
-    reward = staticmethod(exact_reward)
 
     def __init__(self, config: ArithmeticConfig | None = None):
         self.config = config or ArithmeticConfig()
+        self.reward = PerSample(exact_reward, "arithmetic")  #: batch reward: exact match of the answer
 
     def is_eval(self, prompt: str) -> bool:
         return zlib.crc32(prompt.encode()) % 1000 < self.config.eval_per_mille

@@ -157,8 +157,9 @@ class OnlineTrainer:
 
         t = time.perf_counter()
         texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+        prompts = [ex.prompt for ex in examples for _ in range(group)]
         answers = [ex.answer for ex in examples for _ in range(group)]
-        rewards = torch.tensor([float(self.reward_fn(c, a)) for c, a in zip(texts, answers)])
+        rewards = torch.tensor(self.reward_fn(prompts, texts, answers), dtype=torch.float)
         num_groups = len(examples)
         group_ids = torch.arange(num_groups).repeat_interleave(group)
         adv = advantages.compute(cfg.advantage, rewards, group_ids, num_groups)

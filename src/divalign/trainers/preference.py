@@ -18,6 +18,7 @@ import torch
 from divalign import objectives
 from divalign.data.order import EpochOrder
 from divalign.data.preferences import Pair, Unpaired
+from divalign.data.tokens import fit
 from divalign.generation.sampling import left_pad
 from divalign.models import SequenceBatch, completion_logprobs
 from divalign.objectives import PairBatch, UnpairedBatch
@@ -126,17 +127,12 @@ class Encoded:
 
 
 def encode(tokenizer, prompts: list[str], responses: list[str], max_length: int, group: int) -> Encoded:
-    """Prompts keep their last tokens and responses their first ones so that each pair fits ``max_length``."""
+    """Token ids of each (prompt, response + end-of-sequence), cut to ``max_length`` by :func:`fit`."""
     eos = tokenizer.eos_token_id
     p_ids = [tokenizer(p)["input_ids"] for p in prompts]
     r_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [eos] for r in responses]
-    out_p, out_r = [], []
-    for p, r in zip(p_ids, r_ids):
-        keep_prompt = min(len(p), max(1, max_length // 2))
-        p = p[-keep_prompt:] if len(p) + len(r) > max_length else p
-        out_p.append(p)
-        out_r.append(r[: max(1, max_length - len(p))])
-    return Encoded(out_p, out_r, group)
+    fitted = [fit(p, r, max_length) for p, r in zip(p_ids, r_ids)]
+    return Encoded([p for p, _ in fitted], [r for _, r in fitted], group)
 
 
 def sequence_logps(model, data: Encoded, rows: list[int], pad_id: int, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:

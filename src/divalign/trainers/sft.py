@@ -18,7 +18,7 @@ import torch
 
 from divalign.data.order import EpochOrder
 from divalign.data.sft import Chat, Demonstration, render
-from divalign.errors import UserError
+from divalign.data.tokens import fit
 from divalign.models import segment_logprobs
 from divalign.trainers.optim import make_optimizer, make_schedule
 
@@ -42,7 +42,7 @@ class SFTConfig:
     messages_field: str = "messages"
     """Field holding chat messages (used when the records have it)."""
     max_length: int = 512
-    """Maximum tokens per example (longer completions are cut) and per packed row."""
+    """Maximum tokens per example (prompts are cut from the left, completions from the right) and per row."""
     packing: bool = False
     """Pack several examples into each row of max_length tokens."""
     batch_size: int = 8
@@ -90,19 +90,16 @@ class Tokenized:
 
 
 def tokenize(tokenizer, items: list[Demonstration | Chat], max_length: int) -> list[Tokenized]:
+    """Prompt + completion + end-of-sequence token ids, cut to ``max_length`` by :func:`divalign.data.tokens.fit`."""
     out, cut = [], 0
     eos = tokenizer.eos_token_id
     for item in items:
         prompt, completion, templated = render(tokenizer, item)
         prompt_ids = tokenizer(prompt, add_special_tokens=not templated)["input_ids"]
         completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
-        if len(prompt_ids) >= max_length:
-            raise UserError(f"an SFT prompt has {len(prompt_ids)} tokens, more than max_length {max_length}; "
-                            "raise --max-length")
-        ids = prompt_ids + completion_ids
-        if len(ids) > max_length:
-            ids, cut = ids[:max_length], cut + 1
-        out.append(Tokenized(ids, len(prompt_ids)))
+        fitted_prompt, fitted_completion = fit(prompt_ids, completion_ids, max_length)
+        cut += len(fitted_prompt) + len(fitted_completion) < len(prompt_ids) + len(completion_ids)
+        out.append(Tokenized(fitted_prompt + fitted_completion, len(fitted_prompt)))
     if cut:
         print(f"divalign: warning: {cut} of {len(items)} examples cut to max_length {max_length}", file=sys.stderr)
     return out
