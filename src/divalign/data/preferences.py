@@ -111,19 +111,20 @@ REFUSALS = (
 )
 
 
-def advbench_compliance_refusal(path: str | os.PathLike) -> tuple[list[Unpaired], list[Pair]]:
+def advbench_compliance_refusal(path: str | os.PathLike, refusals: tuple[str, ...] = REFUSALS
+                                ) -> tuple[list[Unpaired], list[Pair]]:
     """Compliance–refusal data from AdvBench ``harmful_behaviors.csv`` (research/algorithms.md §2.3).
 
     Each harmful ``goal`` gets a refusal as the desirable response and its affirmative ``target`` ("Sure, here
     is …") as the undesirable one. Returned both unpaired (for FDO, KTO, BCO) and as pairs (for DPO and
-    friends). Refusals rotate through :data:`REFUSALS` by row.
+    friends). Refusals rotate through ``refusals`` (default :data:`REFUSALS`) by row.
     """
     records = read_records(path)
     require_fields(records, {"goal": str, "target": str})
     unpaired, pairs = [], []
     for index, record in enumerate(records):
         goal, target = record.data["goal"], record.data["target"]
-        refusal = REFUSALS[index % len(REFUSALS)]
+        refusal = refusals[index % len(refusals)]
         unpaired += [Unpaired(goal, refusal, True), Unpaired(goal, target, False)]
         pairs.append(Pair(goal, refusal, target))
     return unpaired, pairs

@@ -53,30 +53,31 @@ class Sampler:
             state = self.repeat(state, num_samples)
             logits = logits.repeat_interleave(num_samples, 0)
             ids, mask = ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0)
-        n = ids.shape[0]
         eos = self.eos_ids.to(device)
-        tokens = torch.full((n, max_new_tokens), self.pad_id, dtype=torch.long, device=device)
-        logprobs = torch.zeros((n, max_new_tokens), device=device)
-        live = torch.zeros((n, max_new_tokens), dtype=torch.bool, device=device)
-        finished = torch.zeros(n, dtype=torch.bool, device=device)
-        steps = 0
+        sampled, sampled_logps = [], []
+        finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
         for t in range(max_new_tokens):
             tok, lp = sample_next(logits, temperature, generator, greedy)
-            active = ~finished
-            tokens[:, t] = torch.where(active, tok, self.pad_id)
-            logprobs[:, t] = torch.where(active, lp, 0.0)
-            live[:, t] = active
-            finished = finished | torch.isin(tok, eos)
-            steps = t + 1
-            if t + 1 == max_new_tokens or bool(finished.all()):
+            sampled.append(tok)
+            sampled_logps.append(lp)
+            finished |= torch.isin(tok, eos)
+            # Rows that finished keep decoding until all have (their tokens are masked below); checking only
+            # every few steps saves a synchronisation per token.
+            if t + 1 == max_new_tokens or (t % 4 == 3 and bool(finished.all())):
                 break
-            logits = self.step(state, tokens[:, t])
+            logits = self.step(state, tok)
+        tokens = torch.stack(sampled, dim=1)
+        # A token is part of the completion if no end-of-sequence token came before it.
+        eos_hits = torch.isin(tokens, eos).long()
+        live = (eos_hits.cumsum(1) - eos_hits) == 0
+        width = int(live.any(0).nonzero().max()) + 1  # drop the steps taken after every row had finished
+        tokens, live, sampled_logps = tokens[:, :width], live[:, :width], sampled_logps[:width]
         return Rollout(
             prompt_ids=ids,
             prompt_mask=mask,
-            completion_ids=tokens[:, :steps],
-            completion_mask=live[:, :steps].float(),
-            logprobs=logprobs[:, :steps],
+            completion_ids=torch.where(live, tokens, self.pad_id),
+            completion_mask=live.float(),
+            logprobs=torch.where(live, torch.stack(sampled_logps, dim=1), 0.0),
             truncated=~finished,
         )
 

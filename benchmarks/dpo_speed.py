@@ -1,0 +1,112 @@
+"""Seconds per DPO step: divalign against TRL's DPOTrainer, interleaved in one process.
+
+Same tiny model folder as the GRPO benchmark (0.5M-parameter Llama, character vocabulary), the same 400 pairs,
+8 pairs per step, max length 32, β 0.1, fp32, one optimizer step per batch. Run twice: with a live reference
+forward on both sides (the goal: divalign ≤ 0.45× TRL), and with reference log-probabilities precomputed once
+on both sides (TRL's ``precompute_ref_log_probs``, divalign's ``precompute_reference``); the one-off
+precomputation is timed separately. TRL's step k runs, then divalign's step k; the result is the median of the
+per-step ratios.
+
+    pip install -c constraints.txt -e '.[bench]'
+    python benchmarks/dpo_speed.py --steps 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+
+import torch
+
+
+def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        a, b = rng.randrange(100), rng.randrange(100)
+        noise = "".join(rng.choice("0123456789+-") for _ in range(rng.randrange(6, 16)))
+        pairs.append((f"{a}+{b}=", f"{a + b} {noise}", f"{a + b + rng.randrange(1, 9)} {noise[::-1]}"))
+    return pairs
+
+
+def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: str) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from divalign.config import build
+    from divalign.data.preferences import Pair
+    from divalign.models import frozen_copy, load_causal_lm
+    from divalign.trainers.preference import PreferenceConfig, PreferenceTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    trl_args = DPOConfig(output_dir=os.path.join(workdir, "trl"), per_device_train_batch_size=8, max_length=32,
+                         beta=0.1, learning_rate=1e-5, max_steps=steps, use_cpu=True, report_to="none",
+                         save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0,
+                         precompute_ref_log_probs=precompute, bf16=False, fp16=False)
+    data = Dataset.from_dict({"prompt": [p for p, _, _ in pairs], "chosen": [c for _, c, _ in pairs],
+                              "rejected": [r for _, _, r in pairs]})
+    t = time.perf_counter()
+    policy, da_tok = load_causal_lm(folder)
+    config = build(PreferenceConfig, {"model": folder, "objective": "dpo", "batch_size": 8, "max_length": 32,
+                                      "learning_rate": 1e-5, "steps": steps, "precompute_reference": precompute,
+                                      "dpo": {"beta": 0.1}, "progress": False})
+    trainer = PreferenceTrainer(policy, da_tok, config, [Pair(*p) for p in pairs], frozen_copy(policy))
+    da_setup = time.perf_counter() - t
+
+    trl_times, da_times = [], []
+
+    class Interleave(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, a, state, *rest, **k):
+            trl_times.append(time.perf_counter() - self.started)
+            t0 = time.perf_counter()
+            trainer.step(state.global_step - 1)
+            da_times.append(time.perf_counter() - t0)
+
+    t = time.perf_counter()
+    trl = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), args=trl_args, train_dataset=data,
+                     processing_class=tokenizer, callbacks=[Interleave()])
+    trl_setup = time.perf_counter() - t  # includes TRL's reference precomputation when enabled
+    trl.train()
+    ratios = [d / t for d, t in zip(da_times[warmup:], trl_times[warmup:])]
+    q = statistics.quantiles(ratios, n=4)
+    return {"reference": "precomputed" if precompute else "live", "steps_measured": len(ratios),
+            "trl_ms_median": 1000 * statistics.median(trl_times[warmup:]),
+            "divalign_ms_median": 1000 * statistics.median(da_times[warmup:]),
+            "ratio_median": statistics.median(ratios), "ratio_p25_p75": [q[0], q[2]],
+            "setup_s": {"trl": trl_setup, "divalign": da_setup}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from divalign.charlm import write_tiny_model
+
+    workdir = tempfile.mkdtemp(prefix="dpo-speed-")
+    folder = write_tiny_model(os.path.join(workdir, "model"), hidden_size=128, intermediate_size=512, num_layers=2,
+                              num_heads=4, num_kv_heads=2, max_positions=64)
+    pairs = make_pairs(400)
+    for precompute in (False, True):
+        result = {"benchmark": "dpo_step_time", "threads": args.threads,
+                  **run(precompute, args.steps, args.warmup, folder, pairs, workdir)}
+        print(json.dumps(result), flush=True)
+        if args.out:
+            with open(args.out, "a") as handle:
+                handle.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
