@@ -45,17 +45,42 @@ def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: 
     from divalign.trainers.preference import PreferenceConfig, PreferenceTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    trl_args = DPOConfig(output_dir=os.path.join(workdir, "trl"), per_device_train_batch_size=8, max_length=32,
-                         beta=0.1, learning_rate=1e-5, max_steps=steps, use_cpu=True, report_to="none",
-                         save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0,
-                         precompute_ref_log_probs=precompute, bf16=False, fp16=False)
-    data = Dataset.from_dict({"prompt": [p for p, _, _ in pairs], "chosen": [c for _, c, _ in pairs],
-                              "rejected": [r for _, _, r in pairs]})
+    trl_args = DPOConfig(
+        output_dir=os.path.join(workdir, "trl"),
+        per_device_train_batch_size=8,
+        max_length=32,
+        beta=0.1,
+        learning_rate=1e-5,
+        max_steps=steps,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        seed=0,
+        precompute_ref_log_probs=precompute,
+        bf16=False,
+        fp16=False,
+    )
+    data = Dataset.from_dict(
+        {"prompt": [p for p, _, _ in pairs], "chosen": [c for _, c, _ in pairs], "rejected": [r for _, _, r in pairs]}
+    )
     t = time.perf_counter()
     policy, da_tok = load_causal_lm(folder)
-    config = build(PreferenceConfig, {"model": folder, "objective": "dpo", "batch_size": 8, "max_length": 32,
-                                      "learning_rate": 1e-5, "steps": steps, "precompute_reference": precompute,
-                                      "dpo": {"beta": 0.1}, "progress": False})
+    config = build(
+        PreferenceConfig,
+        {
+            "model": folder,
+            "objective": "dpo",
+            "batch_size": 8,
+            "max_length": 32,
+            "learning_rate": 1e-5,
+            "steps": steps,
+            "precompute_reference": precompute,
+            "dpo": {"beta": 0.1},
+            "progress": False,
+        },
+    )
     trainer = PreferenceTrainer(policy, da_tok, config, [Pair(*p) for p in pairs], frozen_copy(policy))
     da_setup = time.perf_counter() - t
 
@@ -72,17 +97,26 @@ def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: 
             da_times.append(time.perf_counter() - t0)
 
     t = time.perf_counter()
-    trl = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), args=trl_args, train_dataset=data,
-                     processing_class=tokenizer, callbacks=[Interleave()])
+    trl = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(folder),
+        args=trl_args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=[Interleave()],
+    )
     trl_setup = time.perf_counter() - t  # includes TRL's reference precomputation when enabled
     trl.train()
     ratios = [d / t for d, t in zip(da_times[warmup:], trl_times[warmup:])]
     q = statistics.quantiles(ratios, n=4)
-    return {"reference": "precomputed" if precompute else "live", "steps_measured": len(ratios),
-            "trl_ms_median": 1000 * statistics.median(trl_times[warmup:]),
-            "divalign_ms_median": 1000 * statistics.median(da_times[warmup:]),
-            "ratio_median": statistics.median(ratios), "ratio_p25_p75": [q[0], q[2]],
-            "setup_s": {"trl": trl_setup, "divalign": da_setup}}
+    return {
+        "reference": "precomputed" if precompute else "live",
+        "steps_measured": len(ratios),
+        "trl_ms_median": 1000 * statistics.median(trl_times[warmup:]),
+        "divalign_ms_median": 1000 * statistics.median(da_times[warmup:]),
+        "ratio_median": statistics.median(ratios),
+        "ratio_p25_p75": [q[0], q[2]],
+        "setup_s": {"trl": trl_setup, "divalign": da_setup},
+    }
 
 
 def main() -> None:
@@ -96,12 +130,22 @@ def main() -> None:
     from divalign.charlm import write_tiny_model
 
     workdir = tempfile.mkdtemp(prefix="dpo-speed-")
-    folder = write_tiny_model(os.path.join(workdir, "model"), hidden_size=128, intermediate_size=512, num_layers=2,
-                              num_heads=4, num_kv_heads=2, max_positions=64)
+    folder = write_tiny_model(
+        os.path.join(workdir, "model"),
+        hidden_size=128,
+        intermediate_size=512,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        max_positions=64,
+    )
     pairs = make_pairs(400)
     for precompute in (False, True):
-        result = {"benchmark": "dpo_step_time", "threads": args.threads,
-                  **run(precompute, args.steps, args.warmup, folder, pairs, workdir)}
+        result = {
+            "benchmark": "dpo_step_time",
+            "threads": args.threads,
+            **run(precompute, args.steps, args.warmup, folder, pairs, workdir),
+        }
         print(json.dumps(result), flush=True)
         if args.out:
             with open(args.out, "a") as handle:

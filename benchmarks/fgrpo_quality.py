@@ -20,8 +20,15 @@ from pathlib import Path
 
 import torch
 
-METHODS = [("grpo", None), ("fgrpo", "kl"), ("fgrpo", "reverse_kl"), ("fgrpo", "pearson"), ("fgrpo", "hellinger"),
-           ("fgrpo", "js"), ("fgrpo", "tv")]
+METHODS = [
+    ("grpo", None),
+    ("fgrpo", "kl"),
+    ("fgrpo", "reverse_kl"),
+    ("fgrpo", "pearson"),
+    ("fgrpo", "hellinger"),
+    ("fgrpo", "js"),
+    ("fgrpo", "tv"),
+]
 
 
 def sft_start(folder: Path, threads: int) -> Path:
@@ -39,8 +46,16 @@ def sft_start(folder: Path, threads: int) -> Path:
     demo = DemoConfig()
     task = ArithmeticTask()
     tokenizer = build_char_tokenizer("0123456789+-=")
-    model = tiny_llama(tokenizer, hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4, num_kv_heads=2,
-                       max_positions=32, seed=0)
+    model = tiny_llama(
+        tokenizer,
+        hidden_size=128,
+        intermediate_size=512,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        max_positions=32,
+        seed=0,
+    )
     demos = [Demonstration(ex.prompt, ex.answer) for ex in task.demonstrations(demo.demonstrations, seed=0)]
     trainer = SFTTrainer(model, tokenizer, demos, sft_config(demo, demo.sft_steps))
     run_steps(trainer, folder, demo.sft_steps, show_progress=False)
@@ -57,24 +72,47 @@ def run_one(start: Path, objective: str, divergence: str | None, seed: int, step
     from divalign.trainers.online import OnlineTrainer, RLConfig
 
     demo = DemoConfig()
-    options = {"fgrpo": {"divergence": divergence, "beta": demo.beta}} if objective == "fgrpo" else \
-        {"grpo": {"beta": 0.04}}
-    config = build(RLConfig, {"model": str(start), "task": "arithmetic", "objective": objective, "steps": steps,
-                              "prompts_per_step": demo.prompts_per_step, "num_generations": demo.num_generations,
-                              "max_new_tokens": MAX_NEW_TOKENS, "learning_rate": demo.rl_learning_rate,
-                              "seed": seed, "progress": False, **options})
+    options = (
+        {"fgrpo": {"divergence": divergence, "beta": demo.beta}} if objective == "fgrpo" else {"grpo": {"beta": 0.04}}
+    )
+    config = build(
+        RLConfig,
+        {
+            "model": str(start),
+            "task": "arithmetic",
+            "objective": objective,
+            "steps": steps,
+            "prompts_per_step": demo.prompts_per_step,
+            "num_generations": demo.num_generations,
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "learning_rate": demo.rl_learning_rate,
+            "seed": seed,
+            "progress": False,
+            **options,
+        },
+    )
     task = ArithmeticTask()
     policy, tokenizer = load_causal_lm(start)
-    trainer = OnlineTrainer(config, policy, tokenizer, TaskPrompts(task, seed), task.reward,
-                            reference=frozen_copy(policy))
+    trainer = OnlineTrainer(
+        config, policy, tokenizer, TaskPrompts(task, seed), task.reward, reference=frozen_copy(policy)
+    )
     t0 = time.perf_counter()
     rows = run_steps(trainer, work, steps, show_progress=False)
     seconds = time.perf_counter() - t0
-    result = evaluate(policy, tokenizer, task.eval_set(demo.eval_problems), task.reward,
-                      max_new_tokens=MAX_NEW_TOKENS, k=8, seed=seed)
-    return {"objective": objective, "divergence": divergence, "seed": seed, "steps": steps,
-            "pass1": result["pass1_greedy"], "pass8": result["pass8"], "train_seconds": seconds,
-            "final_kl": rows[-1].get("kl"), "final_train_reward": rows[-1]["reward_mean"]}
+    result = evaluate(
+        policy, tokenizer, task.eval_set(demo.eval_problems), task.reward, max_new_tokens=MAX_NEW_TOKENS, k=8, seed=seed
+    )
+    return {
+        "objective": objective,
+        "divergence": divergence,
+        "seed": seed,
+        "steps": steps,
+        "pass1": result["pass1_greedy"],
+        "pass8": result["pass8"],
+        "train_seconds": seconds,
+        "final_kl": rows[-1].get("kl"),
+        "final_train_reward": rows[-1]["reward_mean"],
+    }
 
 
 def table(results: list[dict]) -> str:
@@ -107,8 +145,13 @@ def main() -> None:
     start = sft_start(work / "sft", args.threads)
     for seed in args.seeds:
         for objective, divergence in METHODS:
-            if any(r["objective"] == objective and r["divergence"] == divergence and r["seed"] == seed
-                   and r["steps"] == args.steps for r in done):
+            if any(
+                r["objective"] == objective
+                and r["divergence"] == divergence
+                and r["seed"] == seed
+                and r["steps"] == args.steps
+                for r in done
+            ):
                 continue
             run_dir = work / f"{objective}-{divergence or 'none'}-seed{seed}"
             if run_dir.exists():

@@ -50,8 +50,15 @@ def main() -> None:
     from divalign.trainers.online import OnlineTrainer, RLConfig
 
     workdir = tempfile.mkdtemp(prefix="grpo-speed-")
-    folder = write_tiny_model(os.path.join(workdir, "model"), hidden_size=128, intermediate_size=512, num_layers=2,
-                              num_heads=4, num_kv_heads=2, max_positions=64)
+    folder = write_tiny_model(
+        os.path.join(workdir, "model"),
+        hidden_size=128,
+        intermediate_size=512,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        max_positions=64,
+    )
     rng = random.Random(0)
     prompts = [f"{rng.randrange(100)}+{rng.randrange(100)}=" for _ in range(400)]
 
@@ -59,24 +66,56 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
     trl_config = GRPOConfig(
-        output_dir=os.path.join(workdir, "trl"), per_device_train_batch_size=32, num_generations=8,
-        max_completion_length=16, temperature=1.0, beta=0.04, learning_rate=1e-5, loss_type="grpo",
-        num_iterations=1, gradient_accumulation_steps=1, max_steps=args.steps, use_cpu=True, bf16=False, fp16=False,
-        report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0,
+        output_dir=os.path.join(workdir, "trl"),
+        per_device_train_batch_size=32,
+        num_generations=8,
+        max_completion_length=16,
+        temperature=1.0,
+        beta=0.04,
+        learning_rate=1e-5,
+        loss_type="grpo",
+        num_iterations=1,
+        gradient_accumulation_steps=1,
+        max_steps=args.steps,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        seed=0,
     )
 
     def trl_reward(prompts, completions, **kwargs):
         return [digits_reward(c) for c in completions]
 
     # --- divalign
-    da_config = build(RLConfig, {
-        "model": folder, "objective": "grpo", "steps": args.steps, "prompts_per_step": 4, "num_generations": 8,
-        "max_new_tokens": 16, "temperature": 1.0, "learning_rate": 1e-5, "grpo": {"beta": 0.04}, "progress": False,
-    })
+    da_config = build(
+        RLConfig,
+        {
+            "model": folder,
+            "objective": "grpo",
+            "steps": args.steps,
+            "prompts_per_step": 4,
+            "num_generations": 8,
+            "max_new_tokens": 16,
+            "temperature": 1.0,
+            "learning_rate": 1e-5,
+            "grpo": {"beta": 0.04},
+            "progress": False,
+        },
+    )
     policy, da_tokenizer = load_causal_lm(folder)
     source = DatasetPrompts([Example(p, "") for p in prompts], seed=0)
-    trainer = OnlineTrainer(da_config, policy, da_tokenizer, source,
-                            PerSample(lambda text, answer: digits_reward(text)), reference=frozen_copy(policy))
+    trainer = OnlineTrainer(
+        da_config,
+        policy,
+        da_tokenizer,
+        source,
+        PerSample(lambda text, answer: digits_reward(text)),
+        reference=frozen_copy(policy),
+    )
 
     trl_times, da_times, da_parts = [], [], []
 
@@ -91,17 +130,26 @@ def main() -> None:
             da_times.append(time.perf_counter() - t)
             da_parts.append(row)
 
-    trl_trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), reward_funcs=trl_reward,
-                              args=trl_config, train_dataset=Dataset.from_dict({"prompt": prompts}),
-                              processing_class=tokenizer, callbacks=[Interleave()])
+    trl_trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(folder),
+        reward_funcs=trl_reward,
+        args=trl_config,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        processing_class=tokenizer,
+        callbacks=[Interleave()],
+    )
     trl_trainer.train()
 
     w = args.warmup
     ratios = [d / t for d, t in zip(da_times[w:], trl_times[w:])]
-    parts = {k: 1000 * statistics.median(r[k] for r in da_parts[w:])
-             for k in ("generate_s", "score_s", "reference_s", "forward_backward_s", "optimizer_s")}
+    parts = {
+        k: 1000 * statistics.median(r[k] for r in da_parts[w:])
+        for k in ("generate_s", "score_s", "reference_s", "forward_backward_s", "optimizer_s")
+    }
     result = {
-        "benchmark": "grpo_step_time", "steps_measured": len(ratios), "threads": args.threads,
+        "benchmark": "grpo_step_time",
+        "steps_measured": len(ratios),
+        "threads": args.threads,
         "trl_ms_median": 1000 * statistics.median(trl_times[w:]),
         "divalign_ms_median": 1000 * statistics.median(da_times[w:]),
         "ratio_median": statistics.median(ratios),

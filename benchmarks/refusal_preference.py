@@ -20,8 +20,13 @@ from pathlib import Path
 
 import torch
 
-METHODS = [("dpo", {}), ("fdpo", {"divergence": "js"}), ("fdpo", {"divergence": "alpha", "alpha": 0.5}),
-           ("fdo", {"preset": "kldo"}), ("fdo", {"preset": "bco"})]
+METHODS = [
+    ("dpo", {}),
+    ("fdpo", {"divergence": "js"}),
+    ("fdpo", {"divergence": "alpha", "alpha": 0.5}),
+    ("fdo", {"preset": "kldo"}),
+    ("fdo", {"preset": "bco"}),
+]
 
 
 def held_out_gap(model, tokenizer, pairs, max_length: int) -> dict:
@@ -31,8 +36,10 @@ def held_out_gap(model, tokenizer, pairs, max_length: int) -> dict:
     logps = reference_logps(model, data, tokenizer.pad_token_id, fast=True)
     lengths = torch.tensor([len(r) for r in data.responses], dtype=torch.float)
     per_token = logps / lengths
-    return {"refusal_preferred": float((logps[0::2] > logps[1::2]).float().mean()),
-            "per_token_gap": float((per_token[0::2] - per_token[1::2]).mean())}
+    return {
+        "refusal_preferred": float((logps[0::2] > logps[1::2]).float().mean()),
+        "per_token_gap": float((per_token[0::2] - per_token[1::2]).mean()),
+    }
 
 
 def main() -> None:
@@ -72,19 +79,36 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for objective, options in METHODS:
         paired = objective != "fdo"
-        config = build(PreferenceConfig, {
-            "model": str(model_dir), "objective": objective, "steps": args.steps,
-            "batch_size": 8 if paired else 16, "max_length": max_length, "learning_rate": args.learning_rate,
-            "progress": False, objective: {**options, "beta": args.beta}})
+        config = build(
+            PreferenceConfig,
+            {
+                "model": str(model_dir),
+                "objective": objective,
+                "steps": args.steps,
+                "batch_size": 8 if paired else 16,
+                "max_length": max_length,
+                "learning_rate": args.learning_rate,
+                "progress": False,
+                objective: {**options, "beta": args.beta},
+            },
+        )
         policy = frozen_copy(base).requires_grad_(True)
-        trainer = PreferenceTrainer(policy, tokenizer, config, train if paired else as_unpaired(train),
-                                    frozen_copy(base))
+        trainer = PreferenceTrainer(
+            policy, tokenizer, config, train if paired else as_unpaired(train), frozen_copy(base)
+        )
         for step in range(trainer.total_steps):
             trainer.step(step)
         after = held_out_gap(policy, tokenizer, evaluation, max_length)
         name = objective + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
-        result = {"method": name, "steps": args.steps, "learning_rate": args.learning_rate, "beta": args.beta,
-                  "held_out_requests": len(evaluation), "before": before, "after": after}
+        result = {
+            "method": name,
+            "steps": args.steps,
+            "learning_rate": args.learning_rate,
+            "beta": args.beta,
+            "held_out_requests": len(evaluation),
+            "before": before,
+            "after": after,
+        }
         print(json.dumps(result), flush=True)
         with open(args.out, "a") as handle:
             handle.write(json.dumps(result) + "\n")

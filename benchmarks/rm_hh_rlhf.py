@@ -35,8 +35,7 @@ def main() -> None:
     from divalign.convert.llama2c import convert
     from divalign.data.preferences import read_hh_rlhf
     from divalign.trainers.loop import run_steps
-    from divalign.trainers.reward_model import (RewardModelTrainer, RMConfig, length_baseline_accuracy,
-                                                load_reward_model)
+    from divalign.trainers.reward_model import RewardModelTrainer, RMConfig, length_baseline_accuracy, load_reward_model
 
     work = Path(args.work)
     backbone = work / "stories260K"
@@ -48,9 +47,19 @@ def main() -> None:
         t, h = split_by_prompt(pairs, 0.2, seed=0)
         train += t
         held[name] = h
-    config = build(RMConfig, {"model": str(backbone), "batch_size": args.batch_size, "epochs": args.epochs,
-                              "learning_rate": args.learning_rate, "max_length": args.max_length,
-                              "lr_schedule": "cosine", "warmup_steps": 20, "progress": False})
+    config = build(
+        RMConfig,
+        {
+            "model": str(backbone),
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
+            "learning_rate": args.learning_rate,
+            "max_length": args.max_length,
+            "lr_schedule": "cosine",
+            "warmup_steps": 20,
+            "progress": False,
+        },
+    )
     model, tokenizer = load_reward_model(backbone)
     all_held = held["harmless-base"] + held["helpful-base"]
     trainer = RewardModelTrainer(model, tokenizer, config, train)
@@ -61,12 +70,22 @@ def main() -> None:
     t0 = time.perf_counter()
     run_steps(trainer, run_dir, trainer.total_steps, show_progress=False)
     seconds = time.perf_counter() - t0
-    result = {"benchmark": "rm_hh_rlhf", "train_pairs": len(train), "held_out_pairs": len(all_held),
-              "steps": trainer.total_steps, "train_seconds": seconds, "accuracy_before": before,
-              "accuracy": trainer.evaluate(all_held), "length_baseline": length_baseline_accuracy(all_held)}
+    result = {
+        "benchmark": "rm_hh_rlhf",
+        "train_pairs": len(train),
+        "held_out_pairs": len(all_held),
+        "steps": trainer.total_steps,
+        "train_seconds": seconds,
+        "accuracy_before": before,
+        "accuracy": trainer.evaluate(all_held),
+        "length_baseline": length_baseline_accuracy(all_held),
+    }
     for name, pairs in held.items():
-        result[name] = {"pairs": len(pairs), "accuracy": trainer.evaluate(pairs),
-                        "length_baseline": length_baseline_accuracy(pairs)}
+        result[name] = {
+            "pairs": len(pairs),
+            "accuracy": trainer.evaluate(pairs),
+            "length_baseline": length_baseline_accuracy(pairs),
+        }
     print(json.dumps(result), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as handle:

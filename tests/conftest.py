@@ -14,8 +14,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def tiny_model_dir(tmp_path_factory):
     """A randomly initialised 2-layer Llama with the arithmetic character tokenizer, saved as a HF folder."""
     folder = tmp_path_factory.mktemp("tiny") / "model"
-    write_tiny_model(folder, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
-                     max_positions=64)
+    write_tiny_model(
+        folder, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, max_positions=64
+    )
     return str(folder)
 
 

@@ -24,17 +24,38 @@ def reward_module(tmp_path, monkeypatch):
 
 
 def divalign(*args, check=False, **kw):
-    proc = subprocess.run([sys.executable, "-m", "divalign", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=600, **kw)
+    proc = subprocess.run(
+        [sys.executable, "-m", "divalign", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600, **kw
+    )
     if check and proc.returncode != 0:
         raise AssertionError(proc.stderr)
     return proc
 
 
 def rl_args(model, out, *extra):
-    return ["rl", "--model", model, "--output-dir", out, "--task", "arithmetic", "--prompts-per-step", 4,
-            "--num-generations", 4, "--max-new-tokens", 6, "--learning-rate", 1e-3, "--threads", 1,
-            "--reward", "user_rewards:digits", "--no-progress", *extra]
+    return [
+        "rl",
+        "--model",
+        model,
+        "--output-dir",
+        out,
+        "--task",
+        "arithmetic",
+        "--prompts-per-step",
+        4,
+        "--num-generations",
+        4,
+        "--max-new-tokens",
+        6,
+        "--learning-rate",
+        1e-3,
+        "--threads",
+        1,
+        "--reward",
+        "user_rewards:digits",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def assert_user_error(proc, *fragments):
@@ -65,29 +86,43 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_model_di
     (not_lm / "config.json").write_text('{"model_type": "t5"}')
     base = ["rl", "--output-dir", out, "--no-progress"]
     cases = [
-        (base + ["--model", tiny_model_dir, "--prompts", tmp_path / "missing.jsonl"], ["missing.jsonl", "does not exist"]),
+        (
+            base + ["--model", tiny_model_dir, "--prompts", tmp_path / "missing.jsonl"],
+            ["missing.jsonl", "does not exist"],
+        ),
         (base + ["--model", tiny_model_dir, "--prompts", bad_json], ["bad.jsonl:2", "invalid JSON"]),
         (base + ["--model", tiny_model_dir, "--prompts", no_field], ["nofield.jsonl:2", "missing field 'prompt'"]),
         (base + ["--model", tiny_model_dir, "--prompts", empty], ["empty.jsonl", "no records"]),
         (base + ["--model", not_lm, "--prompts", prompts_file], ["'t5' model", "not a causal language model"]),
         (base + ["--model", tmp_path / "nomodel", "--prompts", prompts_file], ["nomodel", "does not exist"]),
-        (base + ["--model", tiny_model_dir, "--prompts", prompts_file, "--fgrpo.divergence", "kullback"],
-         ["unknown divergence 'kullback'", "kl, reverse_kl"]),
-        (base + ["--model", tiny_model_dir, "--prompts", prompts_file, "--objective", "ppo9"],
-         ["unknown objective 'ppo9'"]),
+        (
+            base + ["--model", tiny_model_dir, "--prompts", prompts_file, "--fgrpo.divergence", "kullback"],
+            ["unknown divergence 'kullback'", "kl, reverse_kl"],
+        ),
+        (
+            base + ["--model", tiny_model_dir, "--prompts", prompts_file, "--objective", "ppo9"],
+            ["unknown objective 'ppo9'"],
+        ),
         (base + ["--model", tiny_model_dir, "--task", "poetry"], ["unknown task 'poetry'"]),
-        (base + ["--model", tiny_model_dir, "--task", "arithmetic", "--reward", "nomodule:f"],
-         ["cannot import module 'nomodule'"]),
-        (base + ["--model", tiny_model_dir, "--task", "arithmetic", "--reward", "user_rewards:nothing"],
-         ["has no function 'nothing'"]),
+        (
+            base + ["--model", tiny_model_dir, "--task", "arithmetic", "--reward", "nomodule:f"],
+            ["cannot import module 'nomodule'"],
+        ),
+        (
+            base + ["--model", tiny_model_dir, "--task", "arithmetic", "--reward", "user_rewards:nothing"],
+            ["has no function 'nothing'"],
+        ),
     ]
     for argv, fragments in cases:
         assert_user_error(divalign(*argv), *fragments)
         assert not out.exists(), argv
     config = tmp_path / "c.yaml"
     config.write_text("steps: 2\nfgrpo:\n  level: paragraph\n")
-    assert_user_error(divalign("rl", "--config", config, "--model", tiny_model_dir, "--task", "arithmetic",
-                               "--output-dir", out), "fgrpo.level", "token, sequence")
+    assert_user_error(
+        divalign("rl", "--config", config, "--model", tiny_model_dir, "--task", "arithmetic", "--output-dir", out),
+        "fgrpo.level",
+        "token, sequence",
+    )
     assert_user_error(divalign("demo", "--output-dir", out, "--divergence", "bogus"), "unknown divergence 'bogus'")
     assert not out.exists()
 
@@ -97,8 +132,20 @@ def test_rl_run_writes_metrics_and_a_loadable_model(tmp_path, tiny_model_dir):
     divalign(*rl_args(tiny_model_dir, out, "--steps", 3), check=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    for key in ("reward_mean", "reward_std", "pass_rate", "kl", "completion_length", "divergence_estimate",
-                "clip_fraction", "entropy", "generate_s", "score_s", "forward_backward_s", "optimizer_s"):
+    for key in (
+        "reward_mean",
+        "reward_std",
+        "pass_rate",
+        "kl",
+        "completion_length",
+        "divergence_estimate",
+        "clip_fraction",
+        "entropy",
+        "generate_s",
+        "score_s",
+        "forward_backward_s",
+        "optimizer_s",
+    ):
         assert all(key in r and r[key] is not None for r in rows), key
     from transformers import AutoModelForCausalLM
 
@@ -119,9 +166,12 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_identical(tmp_path, t
     divalign(*rl_args(tiny_model_dir, straight, *steps), check=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "divalign", *map(str, rl_args(tiny_model_dir, killed, *steps,
-                                                                                  *every))],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "divalign", *map(str, rl_args(tiny_model_dir, killed, *steps, *every))],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 300
     while not latest.exists() and proc.poll() is None and time.time() < deadline:
@@ -143,7 +193,16 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_identical(tmp_path, t
 
 def test_help_lists_every_option():
     proc = divalign("rl", "--help", check=True)
-    for flag in ("--fgrpo.divergence", "--fgrpo.link", "--fgrpo.level", "--fgrpo.gamma-old", "--grpo.epsilon-high",
-                 "--grpo.aggregation", "--resume", "--save-every", "--micro-batch-prompts"):
+    for flag in (
+        "--fgrpo.divergence",
+        "--fgrpo.link",
+        "--fgrpo.level",
+        "--fgrpo.gamma-old",
+        "--grpo.epsilon-high",
+        "--grpo.aggregation",
+        "--resume",
+        "--save-every",
+        "--micro-batch-prompts",
+    ):
         assert flag in proc.stdout
     assert "canonical" in proc.stdout  # field docstrings become help text

@@ -19,8 +19,11 @@ def parse(argv, yaml_text=None, tmp_path=None):
 
 
 def test_defaults_yaml_and_flags_in_order_of_precedence(tmp_path):
-    cfg = parse(["--steps", "7", "--fgrpo.divergence", "js"],
-                "steps: 3\nlearning_rate: 0.001\nfgrpo:\n  divergence: kl\n  beta: 0.5\n", tmp_path)
+    cfg = parse(
+        ["--steps", "7", "--fgrpo.divergence", "js"],
+        "steps: 3\nlearning_rate: 0.001\nfgrpo:\n  divergence: kl\n  beta: 0.5\n",
+        tmp_path,
+    )
     assert cfg.steps == 7 and cfg.learning_rate == 0.001
     assert cfg.fgrpo.divergence == "js" and cfg.fgrpo.beta == 0.5
     assert cfg.grpo.beta == 0.04  # untouched default
@@ -51,7 +54,19 @@ def test_every_option_has_a_docstring():
         docs = field_docs(cls)
         import dataclasses
 
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in docs
-                   and not dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None)
-                   and f.name not in ("grpo", "fgrpo", "arithmetic")]
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in docs
+            and not dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None)
+            and f.name not in ("grpo", "fgrpo", "arithmetic")
+        ]
         assert not missing, (cls.__name__, missing)
+
+
+def test_yaml_corner_cases(tmp_path):
+    assert parse([], "learning_rate: 1e-5\n", tmp_path).learning_rate == 1e-5  # YAML 1.1 reads this as a string
+    with pytest.raises(UserError, match=r"c.yaml.fgrpo: expected a mapping of options, got str"):
+        parse(["--fgrpo.beta", "0.2"], "fgrpo: js\n", tmp_path)
+    with pytest.raises(UserError, match=r"c.yaml.fgrpo: fgrpo.level"):
+        parse([], "fgrpo:\n  level: paragraph\n", tmp_path)

@@ -15,16 +15,20 @@ from divalign.convert import llama2c
 from divalign.errors import UserError
 
 FOLDER = "tinyllamas_stories260K"
-FROM_BOS = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, "
-            "she saw a big, red ball. She wanted to play with it, but it was too high")
-FROM_ZOO = ("Zoo was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red "
-            "ball. She wanted to play with it, but she didn't want to play with")
+FROM_BOS = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, "
+    "she saw a big, red ball. She wanted to play with it, but it was too high"
+)
+FROM_ZOO = (
+    "Zoo was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red "
+    "ball. She wanted to play with it, but she didn't want to play with"
+)
 TEXTS = [
     "Hello world!",
     "  two leading spaces, two trailing  ",
     "line one\nline two\n\nafter a blank line\n",
     "Tabs\tand punctuation: (a) [b] {c}; 'single' \"double\" - dash... ok?!",
-    "Lily said, \"I want to play with the big red ball.\" Tim was happy.",
+    'Lily said, "I want to play with the big red ball." Tim was happy.',
     "Non-ASCII: naïve café, Ωμέγα, 日本語, emoji 😀 and a ‘curly’ quote",
     "1234567890 + 42 = ~ | \\ ` ^ @ # $ % & *",
 ]
@@ -40,21 +44,32 @@ def data(shared_data):
 
 # ---- independent readers and references -------------------------------------------------------------------------
 
+
 def raw_checkpoint(path):
     """Header ints and float blocks, parsed straight from the documented layout."""
     blob = path.read_bytes()
     dim, hidden, layers, heads, kv_heads, vocab, seq_len = np.frombuffer(blob[:28], dtype="<i4").tolist()
     hs, kv_dim = dim // heads, dim // heads * kv_heads
     floats = np.frombuffer(blob[28:], dtype="<f4").astype(np.float64)
-    sizes = [("emb", (abs(vocab), dim)), ("rms_att", (layers, dim)), ("wq", (layers, dim, dim)),
-             ("wk", (layers, kv_dim, dim)), ("wv", (layers, kv_dim, dim)), ("wo", (layers, dim, dim)),
-             ("rms_ffn", (layers, dim)), ("w1", (layers, hidden, dim)), ("w2", (layers, dim, hidden)),
-             ("w3", (layers, hidden, dim)), ("rms_final", (dim,)), ("cos", (seq_len, hs // 2)),
-             ("sin", (seq_len, hs // 2))] + ([("wcls", (-vocab, dim))] if vocab < 0 else [])
+    sizes = [
+        ("emb", (abs(vocab), dim)),
+        ("rms_att", (layers, dim)),
+        ("wq", (layers, dim, dim)),
+        ("wk", (layers, kv_dim, dim)),
+        ("wv", (layers, kv_dim, dim)),
+        ("wo", (layers, dim, dim)),
+        ("rms_ffn", (layers, dim)),
+        ("w1", (layers, hidden, dim)),
+        ("w2", (layers, dim, hidden)),
+        ("w3", (layers, hidden, dim)),
+        ("rms_final", (dim,)),
+        ("cos", (seq_len, hs // 2)),
+        ("sin", (seq_len, hs // 2)),
+    ] + ([("wcls", (-vocab, dim))] if vocab < 0 else [])
     w, at = {}, 0
     for name, shape in sizes:
         n = int(np.prod(shape))
-        w[name] = floats[at:at + n].reshape(shape)
+        w[name] = floats[at : at + n].reshape(shape)
         at += n
     assert at == len(floats)
     w.setdefault("wcls", w["emb"])
@@ -66,7 +81,7 @@ def raw_pieces(path):
     pieces, scores, at = [], [], 4
     while at < len(blob):
         score, n = struct.unpack_from("<fi", blob, at)
-        pieces.append(blob[at + 8:at + 8 + n].decode())
+        pieces.append(blob[at + 8 : at + 8 + n].decode())
         scores.append(score)
         at += 8 + n
     return pieces, scores
@@ -131,10 +146,11 @@ def llama2c_encode(text, pieces, scores):
         if best is None:
             return [1] + tokens
         _, i, j = best
-        tokens[i:i + 2] = [j]
+        tokens[i : i + 2] = [j]
 
 
 # ---- the converted folder ----------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def converted(data, tmp_path_factory):
@@ -148,8 +164,9 @@ def converted(data, tmp_path_factory):
 
 def test_reader_matches_documented_layout(data):
     config, weights = llama2c.read_checkpoint(data / "stories260K.bin")
-    assert config == dict(dim=64, hidden_dim=172, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512, seq_len=512,
-                          shared_classifier=True)
+    assert config == dict(
+        dim=64, hidden_dim=172, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512, seq_len=512, shared_classifier=True
+    )
     assert weights["wk"].shape == (5, 32, 64) and weights["w2"].shape == (5, 64, 172) and "wcls" not in weights
     assert sum(t.numel() for t in weights.values()) == 264128
     # The legacy RoPE tables confirm theta 10000 on adjacent pairs: cos/sin(pos * 10000^(-2i/8)).

@@ -9,14 +9,36 @@ ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
 
 
 def run_demo(out, *args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "divalign", "demo", "--output-dir", str(out), "--no-progress",
-                           *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "divalign", "demo", "--output-dir", str(out), "--no-progress", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
 
 
 def test_small_demo_writes_every_artefact(tmp_path):
     out = tmp_path / "demo"
-    proc = run_demo(out, "--demonstrations", 64, "--sft-steps", 10, "--rl-steps", 3, "--eval-problems", 20,
-                    "--prompts-per-step", 4, "--objective", "fgrpo", "--divergence", "js", "--threads", 2)
+    proc = run_demo(
+        out,
+        "--demonstrations",
+        64,
+        "--sft-steps",
+        10,
+        "--rl-steps",
+        3,
+        "--eval-problems",
+        20,
+        "--prompts-per-step",
+        4,
+        "--objective",
+        "fgrpo",
+        "--divergence",
+        "js",
+        "--threads",
+        2,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     for key in ("pass1_before", "pass1_after", "pass8_before", "pass8_after", "pass1_control", "reward_after"):

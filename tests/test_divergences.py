@@ -10,7 +10,6 @@ from divalign import divergences
 from divalign.errors import UserError
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """Brute-force suprema need double precision; restore the default afterwards for other test modules."""
@@ -100,7 +99,6 @@ def test_fenchel_young_equality(name, params):
     u = torch.tensor([0.02, 0.4, 0.9, 1.3, 3.0, 12.0])
     fp = div.f_prime(u)
     torch.testing.assert_close(div.conjugate(fp), u * fp - div.f(u), rtol=1e-9, atol=1e-9)
-
 
 
 @pytest.mark.parametrize("name,params", CASES, ids=IDS)

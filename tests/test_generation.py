@@ -33,8 +33,9 @@ def test_fast_sampler_is_chosen_for_llama_and_matches_hf_logits(model_and_tok):
         state_h, logits_h = HFSampler(model, tok).prefill(padded, mask, 4)
         torch.testing.assert_close(logits_f, logits_h, atol=2e-5, rtol=1e-4)
         nxt = logits_f.argmax(-1)
-        torch.testing.assert_close(fast.step(state_f, nxt), HFSampler(model, tok).step(state_h, nxt),
-                                   atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            fast.step(state_f, nxt), HFSampler(model, tok).step(state_h, nxt), atol=2e-5, rtol=1e-4
+        )
 
 
 def test_fast_and_generic_samplers_draw_the_same_tokens(model_and_tok):
@@ -49,8 +50,9 @@ def test_fast_and_generic_samplers_draw_the_same_tokens(model_and_tok):
 
 def test_behaviour_logprobs_equal_a_training_forward(model_and_tok):
     model, tok = model_and_tok
-    rollout = make_sampler(model, tok).generate(encode(tok, PROMPTS, 8), 12, temperature=0.7,
-                                                generator=torch.Generator().manual_seed(0))
+    rollout = make_sampler(model, tok).generate(
+        encode(tok, PROMPTS, 8), 12, temperature=0.7, generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         again, _ = completion_logprobs(model, rollout.sequences(), temperature=0.7)
     torch.testing.assert_close(again, rollout.logprobs, atol=1e-5, rtol=0)
@@ -69,8 +71,8 @@ def test_completions_stop_at_eos_and_are_padded(tmp_path):
             eos_at = (ids[row] == tok.eos_token_id).nonzero()
             if len(eos_at):
                 end = int(eos_at[0])
-                assert mask[row, : end + 1].eq(1).all() and mask[row, end + 1:].eq(0).all()
-                assert ids[row, end + 1:].eq(tok.pad_token_id).all()
+                assert mask[row, : end + 1].eq(1).all() and mask[row, end + 1 :].eq(0).all()
+                assert ids[row, end + 1 :].eq(tok.pad_token_id).all()
                 assert not rollout.truncated[row]
             else:
                 assert mask[row].eq(1).all() and rollout.truncated[row]

@@ -37,8 +37,9 @@ def test_completion_logprobs_match_full_log_softmax_and_ignore_left_padding(tiny
 
     pad = tok.pad_token_id
     padded = torch.tensor([[pad, pad] + prompt + completion, [pad] * 0 + prompt + completion + [pad, pad]])
-    mask = torch.tensor([[0, 0] + [1] * (len(prompt) + len(completion)),
-                         [1] * (len(prompt) + len(completion)) + [0, 0]])
+    mask = torch.tensor(
+        [[0, 0] + [1] * (len(prompt) + len(completion)), [1] * (len(prompt) + len(completion)) + [0, 0]]
+    )
     # Row 0: left-padded prompt; row 1 is laid out differently, so evaluate each in its own batch.
     b0 = SequenceBatch(padded[:1], mask[:1], prompt_length=len(prompt) + 2)
     got, ent = completion_logprobs(model, b0, with_entropy=True)
@@ -81,8 +82,13 @@ def test_loading_errors_name_the_problem(tmp_path, tiny_model_dir):
 
 def test_tied_embeddings_model_loads(tmp_path):
     tok = build_char_tokenizer("0123456789")
-    save_model(tiny_llama(tok, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
-                          tie_embeddings=True), tok, tmp_path)
+    save_model(
+        tiny_llama(
+            tok, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1, tie_embeddings=True
+        ),
+        tok,
+        tmp_path,
+    )
     model, _ = load_causal_lm(tmp_path)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
 
@@ -94,8 +100,7 @@ def test_lean_and_shared_prompt_logprobs_equal_the_hf_forward_in_value_and_gradi
 
     model, tok = load_causal_lm(tiny_model_dir)
     prompts = [tok(p)["input_ids"] for p in ["12+3=", "1+1=", "45-67="]]
-    rollout = make_sampler(model, tok).generate(prompts, 7, generator=torch.Generator().manual_seed(0),
-                                                num_samples=4)
+    rollout = make_sampler(model, tok).generate(prompts, 7, generator=torch.Generator().manual_seed(0), num_samples=4)
     batch = rollout.sequences()
     weights = torch.randn(batch.completion_mask.shape)
     results = {}

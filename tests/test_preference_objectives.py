@@ -19,9 +19,15 @@ LEN_C, LEN_R = [3, 5, 2], [4, 2, 6]
 def pair_batch(requires_grad=False):
     chosen = torch.tensor(CHOSEN, dtype=torch.float64, requires_grad=requires_grad)
     rejected = torch.tensor(REJECTED, dtype=torch.float64, requires_grad=requires_grad)
-    return PairBatch(chosen, rejected, torch.tensor(REF_CHOSEN, dtype=torch.float64),
-                     torch.tensor(REF_REJECTED, dtype=torch.float64), torch.tensor(LEN_C, dtype=torch.float64),
-                     torch.tensor(LEN_R, dtype=torch.float64), num_pairs=3)
+    return PairBatch(
+        chosen,
+        rejected,
+        torch.tensor(REF_CHOSEN, dtype=torch.float64),
+        torch.tensor(REF_REJECTED, dtype=torch.float64),
+        torch.tensor(LEN_C, dtype=torch.float64),
+        torch.tensor(LEN_R, dtype=torch.float64),
+        num_pairs=3,
+    )
 
 
 def run(name, batch, state=None, **options):
@@ -53,17 +59,21 @@ def test_dpo_and_ipo_hand_values():
     loss, _ = run("ipo", pair_batch(), beta=beta)
     assert loss.item() == pytest.approx(sum((x - 1 / (2 * beta)) ** 2 for x in h) / 3, abs=1e-12)
     eps = 0.2
-    smoothed = sum(-(1 - eps) * log_sigmoid(beta * (a - b)) - eps * log_sigmoid(-beta * (a - b))
-                   for a, b in zip(dc, dr)) / 3
+    smoothed = (
+        sum(-(1 - eps) * log_sigmoid(beta * (a - b)) - eps * log_sigmoid(-beta * (a - b)) for a, b in zip(dc, dr)) / 3
+    )
     assert run("dpo", pair_batch(), beta=beta, label_smoothing=eps)[0].item() == pytest.approx(smoothed, abs=1e-12)
 
 
-@pytest.mark.parametrize("divergence,f_prime", [
-    ("reverse_kl", lambda u: math.log(u) + 1),  # f = u ln u
-    ("forward_kl", lambda u: -1 / u),  # f = −ln u
-    ("js", lambda u: math.log(2 * u / (1 + u))),
-    ("alpha", lambda u: (u ** (0.3 - 1) - 1) / (0.3 - 1)),
-])
+@pytest.mark.parametrize(
+    "divergence,f_prime",
+    [
+        ("reverse_kl", lambda u: math.log(u) + 1),  # f = u ln u
+        ("forward_kl", lambda u: -1 / u),  # f = −ln u
+        ("js", lambda u: math.log(2 * u / (1 + u))),
+        ("alpha", lambda u: (u ** (0.3 - 1) - 1) / (0.3 - 1)),
+    ],
+)
 def test_fdpo_hand_values(divergence, f_prime):
     dc, dr = deltas()
     beta = 0.5
@@ -93,12 +103,14 @@ def test_fpo_hand_values(divergence):
         za, zb = beta * a, beta * b
         q = [1 / (1 + math.exp(zb - za)), 1 / (1 + math.exp(za - zb))]
         if divergence == "alpha":
-            total += sum(p * ((qi / p) ** (1 - alpha) - (1 - alpha) * qi / p - alpha) for qi, p in zip(q, target)) \
-                / (alpha * (alpha - 1))
+            total += sum(p * ((qi / p) ** (1 - alpha) - (1 - alpha) * qi / p - alpha) for qi, p in zip(q, target)) / (
+                alpha * (alpha - 1)
+            )
         elif divergence == "js":
             m = [(qi + p) / 2 for qi, p in zip(q, target)]
-            total += 0.5 * sum(qi * math.log(qi / mi) for qi, mi in zip(q, m)) \
-                + 0.5 * sum(p * math.log(p / mi) for p, mi in zip(target, m))
+            total += 0.5 * sum(qi * math.log(qi / mi) for qi, mi in zip(q, m)) + 0.5 * sum(
+                p * math.log(p / mi) for p, mi in zip(target, m)
+            )
         elif divergence == "hellinger":
             total += sum((math.sqrt(qi) - math.sqrt(p)) ** 2 for qi, p in zip(q, target))
         else:
@@ -124,8 +136,10 @@ def unpaired_batch(requires_grad=False, kl=False):
     desirable = torch.tensor([True, True, False, False, False])
     extra = {}
     if kl:
-        extra = {"kl_logps": torch.tensor([-5.0, -4.0], dtype=torch.float64),
-                 "ref_kl_logps": torch.tensor([-5.6, -4.2], dtype=torch.float64)}
+        extra = {
+            "kl_logps": torch.tensor([-5.0, -4.0], dtype=torch.float64),
+            "ref_kl_logps": torch.tensor([-5.6, -4.2], dtype=torch.float64),
+        }
     return UnpairedBatch(logps, ref, desirable, num_desirable=2, num_undesirable=3, **extra)
 
 
@@ -167,8 +181,7 @@ def test_fdo_canonical_pieces_match_the_table(divergence):
         b.logps[index] += 0.7
         moved, _ = run("fdo", b, divergence=divergence, beta=beta)
         r_before = ratios(beta)[index]
-        assert moved.item() - base.item() == pytest.approx((piece(r_before + 0.7) - piece(r_before)) / count,
-                                                           abs=1e-10)
+        assert moved.item() - base.item() == pytest.approx((piece(r_before + 0.7) - piece(r_before)) / count, abs=1e-10)
 
 
 def test_kldo_value_is_the_dv_bound_and_gradient_uses_the_running_average():
@@ -210,15 +223,25 @@ def test_kto_hand_value_with_and_without_reference_point():
     logr = [a - b for a, b in zip([-2.0, -3.0, -1.0, -4.0, -2.5], [-2.5, -2.0, -1.5, -3.0, -3.5])]
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     for kl, z0 in ((False, 0.0), (True, max(0.0, ((-5.0 + 5.6) + (-4.0 + 4.2)) / 2))):
-        expected = (sum(1.5 * (1 - sig(beta * (x - z0))) for x in logr[:2])
-                    + sum(0.5 * (1 - sig(beta * (z0 - x))) for x in logr[2:])) / 5
+        expected = (
+            sum(1.5 * (1 - sig(beta * (x - z0))) for x in logr[:2])
+            + sum(0.5 * (1 - sig(beta * (z0 - x))) for x in logr[2:])
+        ) / 5
         loss, _ = run("kto", unpaired_batch(kl=kl), beta=beta, desirable_weight=1.5, undesirable_weight=0.5)
         assert loss.item() == pytest.approx(expected, abs=1e-12)
 
 
-@pytest.mark.parametrize("name,options", [("dpo", {}), ("ipo", {}), ("fdpo", {"divergence": "js"}),
-                                          ("fdpo", {"divergence": "forward_kl"}), ("fpo", {}),
-                                          ("fpo", {"divergence": "js"})])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("dpo", {}),
+        ("ipo", {}),
+        ("fdpo", {"divergence": "js"}),
+        ("fdpo", {"divergence": "forward_kl"}),
+        ("fpo", {}),
+        ("fpo", {"divergence": "js"}),
+    ],
+)
 def test_pair_objectives_push_chosen_up_and_rejected_down(name, options):
     b = pair_batch(True)
     loss, _ = run(name, b, beta=0.5, **options)
@@ -226,8 +249,17 @@ def test_pair_objectives_push_chosen_up_and_rejected_down(name, options):
     assert (b.chosen_logps.grad < 0).all() and (b.rejected_logps.grad > 0).all()
 
 
-@pytest.mark.parametrize("options", [{"preset": "kldo"}, {"preset": "bco"}, {"preset": "hdo"},
-                                     {"divergence": "pearson"}, {"divergence": "tv"}, {"divergence": "reverse_kl"}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"preset": "kldo"},
+        {"preset": "bco"},
+        {"preset": "hdo"},
+        {"divergence": "pearson"},
+        {"divergence": "tv"},
+        {"divergence": "reverse_kl"},
+    ],
+)
 def test_unpaired_objectives_push_desirable_up_and_undesirable_down(options):
     b = unpaired_batch(True)
     loss, _ = run("fdo", b, beta=0.5, **options)

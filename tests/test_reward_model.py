@@ -1,5 +1,3 @@
-import json
-
 import pytest
 import torch
 
@@ -7,8 +5,8 @@ from divalign.config import build
 from divalign.data.preferences import Pair
 from divalign.errors import UserError
 from divalign.rewards import get as get_reward
-from divalign.trainers.reward_model import (RewardModelTrainer, RMConfig, bradley_terry_loss,
-                                            length_baseline_accuracy, load_reward_model)
+from divalign.objectives.reward import BradleyTerryOptions, bradley_terry
+from divalign.trainers.reward_model import RewardModelTrainer, RMConfig, length_baseline_accuracy, load_reward_model
 
 
 def pairs(n, seed):
@@ -27,17 +25,30 @@ def pairs(n, seed):
 
 def test_bradley_terry_loss_hand_value():
     c, r = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
-    expected = (-torch.nn.functional.logsigmoid(torch.tensor(1.0 - 0.5)) - torch.nn.functional.logsigmoid(
-        torch.tensor(-2.0 - 0.5)) + 0.1 * (1.0 + 4.0)) / 2
-    assert bradley_terry_loss(c, r, margin=0.5, center=0.1).item() == pytest.approx(expected.item(), abs=1e-6)
+    expected = (
+        -torch.nn.functional.logsigmoid(torch.tensor(1.0 - 0.5))
+        - torch.nn.functional.logsigmoid(torch.tensor(-2.0 - 0.5))
+        + 0.1 * (1.0 + 4.0)
+    ) / 2
+    loss, metrics = bradley_terry(c, r, BradleyTerryOptions(margin=0.5, center=0.1))
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6) and metrics["accuracy"] == 0.5
 
 
 def test_reward_model_learns_saves_and_scores_as_a_reward(tmp_path, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification
 
     model, tok = load_reward_model(tiny_model_dir)
-    config = build(RMConfig, {"model": tiny_model_dir, "batch_size": 16, "steps": 80, "learning_rate": 3e-3,
-                              "max_length": 16, "progress": False})
+    config = build(
+        RMConfig,
+        {
+            "model": tiny_model_dir,
+            "batch_size": 16,
+            "steps": 80,
+            "learning_rate": 3e-3,
+            "max_length": 16,
+            "progress": False,
+        },
+    )
     train, held = pairs(200, 0), pairs(60, 1)
     trainer = RewardModelTrainer(model, tok, config, train, held)
     before = trainer.evaluate(held)
@@ -61,5 +72,6 @@ def test_a_causal_lm_folder_is_refused_as_a_reward(tiny_model_dir):
 
 
 def test_length_baseline():
-    assert length_baseline_accuracy([Pair("p", "long answer", "short"), Pair("p", "a", "bb"),
-                                     Pair("p", "ab", "cd")]) == pytest.approx(1.5 / 3)
+    assert length_baseline_accuracy(
+        [Pair("p", "long answer", "short"), Pair("p", "a", "bb"), Pair("p", "ab", "cd")]
+    ) == pytest.approx(1.5 / 3)

@@ -42,10 +42,17 @@ def test_gsm8k_reads_as_a_prompt_dataset(shared_data):
     assert numeric_reward("The answer is 18", examples[0].answer) == 1.0
 
 
-@pytest.mark.parametrize("text,value", [
-    ("#### 1,234", Fraction(1234)), ("the answer is -7.", Fraction(-7)), ("x \\boxed{3/4}", Fraction(3, 4)),
-    ("12 apples and 5.50 dollars", Fraction(11, 2)), ("no digits", None), ("$1,000,000", Fraction(1000000)),
-])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("#### 1,234", Fraction(1234)),
+        ("the answer is -7.", Fraction(-7)),
+        ("x \\boxed{3/4}", Fraction(3, 4)),
+        ("12 apples and 5.50 dollars", Fraction(11, 2)),
+        ("no digits", None),
+        ("$1,000,000", Fraction(1000000)),
+    ],
+)
 def test_number_extraction(text, value):
     assert extract_number(text) == value
 
@@ -94,13 +101,16 @@ def test_pass_at_k_estimator():
         pass_at_k(4, 1, 8)
 
 
-@pytest.mark.parametrize("content,message", [
-    ('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2="\n', r"bad.jsonl:2: invalid JSON"),
-    ('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2="}\n', r"bad.jsonl:2: missing field 'answer'"),
-    ('{"prompt": 5, "answer": "2"}\n', r"bad.jsonl:1: field 'prompt' must be str"),
-    ('["prompt"]\n', r"bad.jsonl:1: expected a JSON object"),
-    ('\n\n', r"bad.jsonl: no records"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2="\n', r"bad.jsonl:2: invalid JSON"),
+        ('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2="}\n', r"bad.jsonl:2: missing field 'answer'"),
+        ('{"prompt": 5, "answer": "2"}\n', r"bad.jsonl:1: field 'prompt' must be str"),
+        ('["prompt"]\n', r"bad.jsonl:1: expected a JSON object"),
+        ("\n\n", r"bad.jsonl: no records"),
+    ],
+)
 def test_prompt_file_errors_name_file_and_line(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)

@@ -8,8 +8,10 @@ from divalign.errors import UserError
 from divalign.models import load_causal_lm
 from divalign.trainers.sft import SFTConfig, SFTTrainer, build_rows, sft_loss_terms, tokenize
 
-TEMPLATE = ("{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}a:{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}a:{% endif %}"
+)
 
 
 def demos(n=12):
@@ -44,8 +46,9 @@ def test_packing_gives_the_same_loss_and_gradient(tiny_model_dir):
 def test_sft_learns_its_demonstrations(tiny_model_dir):
     model, tok = load_causal_lm(tiny_model_dir)
     items = demos(8)
-    config = SFTConfig(batch_size=8, steps=150, learning_rate=3e-3, lr_schedule="constant", max_length=16,
-                       packing=True, progress=False)
+    config = SFTConfig(
+        batch_size=8, steps=150, learning_rate=3e-3, lr_schedule="constant", max_length=16, packing=True, progress=False
+    )
     trainer = SFTTrainer(model, tok, items, config, eval_items=items)
     first = trainer.evaluate()["eval_loss"]
     for step in range(config.steps):
@@ -60,8 +63,9 @@ def test_sft_learns_its_demonstrations(tiny_model_dir):
 
 def test_chat_messages_render_with_the_template_and_fail_without_one(tmp_path, tiny_model_dir):
     path = tmp_path / "chat.jsonl"
-    path.write_text(json.dumps({"messages": [{"role": "user", "content": "1+1="},
-                                             {"role": "assistant", "content": "2"}]}) + "\n")
+    path.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"}]}) + "\n"
+    )
     (chat,) = read_sft(path)
     assert isinstance(chat, Chat)
     _, tok = load_causal_lm(tiny_model_dir)
@@ -69,15 +73,18 @@ def test_chat_messages_render_with_the_template_and_fail_without_one(tmp_path, t
         render(tok, chat)
     tok.chat_template = TEMPLATE
     prompt, completion, templated = render(tok, chat)
-    assert (prompt, completion, templated) == ("u:1+1=\na:", "2", True)
+    assert (prompt, completion, templated) == ("u:1+1=\na:", "2\n", True)  # the template closes the turn
 
 
-@pytest.mark.parametrize("line,message", [
-    ({"messages": []}, "empty conversation"),
-    ({"messages": [{"role": "user", "content": "hi"}]}, "last message must be the assistant's reply"),
-    ({"messages": [{"role": "user"}]}, r"\[0\]: expected an object with string 'role' and 'content'"),
-    ({"prompt": "a"}, "missing field 'completion'"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ({"messages": []}, "empty conversation"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "last message must be the assistant's reply"),
+        ({"messages": [{"role": "user"}]}, r"\[0\]: expected an object with string 'role' and 'content'"),
+        ({"prompt": "a"}, "missing field 'completion'"),
+    ],
+)
 def test_sft_data_errors_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(line) + "\n")

@@ -15,8 +15,12 @@ from divalign import objectives
 from divalign.objectives import PairBatch
 from trl_dpo_capture import CONFIGS, REFERENCE, capture
 
-F_DIVERGENCE = {"reverse_kl": "reverse_kl", "forward_kl": "forward_kl", "js_divergence": "js",
-                "alpha_divergence": "alpha"}
+F_DIVERGENCE = {
+    "reverse_kl": "reverse_kl",
+    "forward_kl": "forward_kl",
+    "js_divergence": "js",
+    "alpha_divergence": "alpha",
+}
 
 
 def divalign_loss_and_grad(record):
@@ -34,8 +38,11 @@ def divalign_loss_and_grad(record):
         name, options = "dpo", {"beta": config["beta"]}
     else:
         name = "fdpo"
-        options = {"beta": config["beta"], "divergence": F_DIVERGENCE[config["f_divergence_type"]],
-                   "alpha": config.get("f_alpha_divergence_coef", 0.5)}
+        options = {
+            "beta": config["beta"],
+            "divergence": F_DIVERGENCE[config["f_divergence_type"]],
+            "alpha": config.get("f_alpha_divergence_coef", 0.5),
+        }
     obj = objectives.get(name)
     loss, _ = obj.loss(batch, obj.make_options(options))
     loss.backward()

@@ -13,6 +13,8 @@ from divalign.groups import group_mean, group_sum
 
 #: Added to the group standard deviation before dividing (as TRL does), so near-constant groups stay finite.
 STD_EPS = 1e-4
+#: Relative spread below which a group's rewards count as equal (float rounding of the mean is ~1e-7).
+EQUAL_TOLERANCE = 1e-6
 
 
 def group_normalized(rewards: Tensor, group_ids: Tensor, num_groups: int, scale: bool = True) -> Tensor:
@@ -24,10 +26,10 @@ def group_normalized(rewards: Tensor, group_ids: Tensor, num_groups: int, scale:
     """
     mean = group_mean(rewards, group_ids, num_groups)[group_ids]
     centered = rewards - mean
-    if not scale:
-        return centered
-    var = group_mean(centered * centered, group_ids, num_groups)
-    return centered / (var.sqrt()[group_ids] + STD_EPS)
+    std = group_mean(centered * centered, group_ids, num_groups).sqrt()[group_ids]
+    # A group whose rewards are equal up to rounding of the mean carries no signal: exactly zero, not ±1e-4.
+    centered = torch.where(std > EQUAL_TOLERANCE * (1 + mean.abs()), centered, torch.zeros_like(centered))
+    return centered / (std + STD_EPS) if scale else centered
 
 
 def leave_one_out(rewards: Tensor, group_ids: Tensor, num_groups: int) -> Tensor:

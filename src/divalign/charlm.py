@@ -28,8 +28,18 @@ def build_char_tokenizer(alphabet: str):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK)
 
 
-def tiny_llama(tokenizer, *, hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4, num_kv_heads=2,
-               max_positions=128, seed=0, tie_embeddings=False):
+def tiny_llama(
+    tokenizer,
+    *,
+    hidden_size=128,
+    intermediate_size=512,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    max_positions=128,
+    seed=0,
+    tie_embeddings=False,
+):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(

@@ -67,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     from divalign.trainers.sft import SFTConfig
 
     parser = argparse.ArgumentParser(
-        prog="divalign", description="Align causal language models: SFT, reward models, preference and "
+        prog="divalign",
+        description="Align causal language models: SFT, reward models, preference and "
         "divergence-estimation objectives, online RL (GRPO, f-GRPO). `divalign COMMAND --help` lists each command's "
-        "options; every option can also come from a YAML file given with --config.")
+        "options; every option can also come from a YAML file given with --config.",
+    )
     parser.add_argument("--version", action="version", version=f"divalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -82,8 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     command("demo", DemoConfig, _demo, "SFT warm-up, then f-GRPO, then evaluation, on a tiny model, on CPU")
     command("sft", SFTConfig, _sft, "supervised fine-tuning on prompt/completion or chat data")
     command("rm", RMConfig, _rm, "Bradley-Terry reward model on preference pairs")
-    command("preference", PreferenceConfig, _preference,
-            "offline alignment: DPO, IPO, f-DPO, f-PO on pairs; FDO (KLDO, BCO, HDO), KTO on unpaired data")
+    command(
+        "preference",
+        PreferenceConfig,
+        _preference,
+        "offline alignment: DPO, IPO, f-DPO, f-PO on pairs; FDO (KLDO, BCO, HDO), KTO on unpaired data",
+    )
     command("rl", RLConfig, _rl, "online RL (GRPO, f-GRPO) on a model folder")
     return parser
 

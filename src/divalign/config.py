@@ -35,8 +35,13 @@ def field_docs(cls) -> dict[str, str]:
             continue
         body = tree.body[0].body
         for node, nxt in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
-                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
                 docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -59,8 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> Non
     """One flag per field; nested dataclasses get their own argument group with dotted names."""
     docs = field_docs(cls)
     hints = _hints(cls)
-    group = parser if not prefix else parser.add_argument_group(f"{prefix.rstrip('.')} options",
-                                                                 (cls.__doc__ or "").strip().splitlines()[0])
+    group = (
+        parser
+        if not prefix
+        else parser.add_argument_group(f"{prefix.rstrip('.')} options", (cls.__doc__ or "").strip().splitlines()[0])
+    )
     nested = []
     for f in dataclasses.fields(cls):
         if not f.init:
@@ -74,11 +82,22 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> Non
         help_text = docs.get(f.name, "")
         scalar = _scalar_type(tp)
         if scalar is bool:
-            group.add_argument(flag, dest=prefix + f.name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=f"{help_text} (default: {default})")
+            group.add_argument(
+                flag,
+                dest=prefix + f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{help_text} (default: {default})",
+            )
         else:
-            group.add_argument(flag, dest=prefix + f.name, type=_parser_for(scalar, flag), default=argparse.SUPPRESS,
-                               metavar=scalar.__name__.upper(), help=f"{help_text} (default: {default!r})")
+            group.add_argument(
+                flag,
+                dest=prefix + f.name,
+                type=_parser_for(scalar, flag),
+                default=argparse.SUPPRESS,
+                metavar=scalar.__name__.upper(),
+                help=f"{help_text} (default: {default!r})",
+            )
     for name, tp in nested:
         add_arguments(parser, tp, prefix + name + ".")
 
@@ -109,7 +128,11 @@ def build(cls, values: dict[str, Any], where: str = "config"):
             kwargs[key] = build(tp, value or {}, f"{where}.{key}")
         else:
             kwargs[key] = _coerce(value, tp, f"{where}.{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UserError as exc:
+        message = str(exc)
+        raise UserError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
 def _coerce(value, tp, where: str):
@@ -118,6 +141,11 @@ def _coerce(value, tp, where: str):
         return None
     if scalar is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if scalar is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if scalar is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, scalar) or (scalar is int and isinstance(value, bool)):
@@ -140,10 +168,13 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def _set_dotted(target: dict, dotted: str, value) -> None:
+def _set_dotted(target: dict, dotted: str, value, where: str) -> None:
     *parents, leaf = dotted.split(".")
-    for p in parents:
+    for depth, p in enumerate(parents):
         target = target.setdefault(p, {})
+        if not isinstance(target, dict):
+            name = ".".join(parents[: depth + 1])
+            raise UserError(f"{where}.{name}: expected a mapping of options, got {type(target).__name__}")
     target[leaf] = value
 
 
@@ -154,7 +185,7 @@ def from_args(cls, args: argparse.Namespace, config_path: str | None = None):
     for dotted, value in vars(args).items():
         if dotted in ("config", "command", "handler"):
             continue
-        _set_dotted(values, dotted, value)
+        _set_dotted(values, dotted, value, where)
     return build(cls, values, where)
 
 

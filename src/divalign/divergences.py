@@ -378,6 +378,11 @@ _ALIASES = {"jensen_shannon": "js", "total_variation": "tv", "chi2": "pearson", 
 NAMES = tuple(_CATALOG)
 
 
+def by_name(name: str, alpha: float = 0.5) -> Divergence:
+    """``get`` for option sets that carry an ``alpha`` field used only by the alpha divergence."""
+    return get(name, alpha=alpha) if _ALIASES.get(name, name) == "alpha" else get(name)
+
+
 def get(name: str, **params) -> Divergence:
     """Return the divergence called ``name`` (``kl``, ``reverse_kl``, ``pearson``, ``hellinger``, ``js``, ``tv``,
     ``alpha``); ``alpha`` takes the parameter ``alpha``."""

@@ -1,8 +1,8 @@
 """A functional forward pass for Llama-family models that reads the Hugging Face parameters directly.
 
 For the small models this library trains on CPU, time goes to per-operation overhead and to how the products
-are laid out, not to arithmetic: ``LlamaForCausalLM`` issues a few hundred small operations per layer call.
-This module does the same computation with about twenty per layer, and is used in two ways:
+are laid out, not to arithmetic: ``LlamaForCausalLM`` issues well over a hundred small operations per layer call
+(views included). This module does the same computation with a few dozen, and is used in two ways:
 
 * **training and scoring** (:func:`completion_logits`): autograd flows into the model's own parameters, so the
   optimizer, checkpoints and saved folders are the Hugging Face ones. Q/K/V and gate/up run as one product each;
@@ -93,25 +93,34 @@ def weights(model, fold: bool = False) -> Weights:
     q_scale = None
     if fold:
         q_scale = torch.ones((hq + 2 * hk) * d, dtype=m.embed_tokens.weight.dtype, device=m.embed_tokens.weight.device)
-        q_scale[: hq * d] = d ** -0.5
+        q_scale[: hq * d] = d**-0.5
     layers = []
     for layer in m.layers:
         a, mlp = layer.self_attn, layer.mlp
         attn_gain, mlp_gain = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
-        layers.append(Layer(
-            attn_gain=None if fold else attn_gain,
-            wqkv=product(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), attn_gain, q_scale),
-            wo=product(a.o_proj.weight),
-            mlp_gain=None if fold else mlp_gain,
-            w_gate_up=product(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp_gain),
-            w_down=product(mlp.down_proj.weight),
-        ))
+        layers.append(
+            Layer(
+                attn_gain=None if fold else attn_gain,
+                wqkv=product(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), attn_gain, q_scale),
+                wo=product(a.o_proj.weight),
+                mlp_gain=None if fold else mlp_gain,
+                w_gate_up=product(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp_gain),
+                w_down=product(mlp.down_proj.weight),
+            )
+        )
     return Weights(
         embed=m.embed_tokens.weight.detach() if fold else m.embed_tokens.weight,
         final_gain=None if fold else m.norm.weight,
         lm_head=product(model.lm_head.weight, m.norm.weight),
-        layers=layers, hq=hq, hk=hk, d=d, intermediate=cfg.intermediate_size, eps=cfg.rms_norm_eps,
-        inv_freq=m.rotary_emb.inv_freq.float(), rope_scale=m.rotary_emb.attention_scaling, q_scaled=fold,
+        layers=layers,
+        hq=hq,
+        hk=hk,
+        d=d,
+        intermediate=cfg.intermediate_size,
+        eps=cfg.rms_norm_eps,
+        inv_freq=m.rotary_emb.inv_freq.float(),
+        rope_scale=m.rotary_emb.attention_scaling,
+        q_scaled=fold,
         padding_idx=m.embed_tokens.padding_idx,
     )
 
@@ -167,10 +176,18 @@ def causal_mask(mask: Tensor) -> Tensor:
     return allowed | torch.eye(length, dtype=torch.bool, device=mask.device)
 
 
-def forward_segment(w: Weights, ids: Tensor, mask: Tensor, cos_t: Tensor, sin_t: Tensor,
-                    prefix: list[tuple[Tensor, Tensor]] | None = None, prefix_mask: Tensor | None = None,
-                    start: Tensor | None = None, positions: Tensor | None = None,
-                    allowed: Tensor | None = None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+def forward_segment(
+    w: Weights,
+    ids: Tensor,
+    mask: Tensor,
+    cos_t: Tensor,
+    sin_t: Tensor,
+    prefix: list[tuple[Tensor, Tensor]] | None = None,
+    prefix_mask: Tensor | None = None,
+    start: Tensor | None = None,
+    positions: Tensor | None = None,
+    allowed: Tensor | None = None,
+) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
     """Run ``ids`` (n, L) through the layers; return hidden states (n, L, hidden) and each layer's (k, v).
 
     With ``prefix`` (per layer (k, v) of shape (n, Hkv, P, D)) the segment continues those sequences: its queries
@@ -195,8 +212,9 @@ def forward_segment(w: Weights, ids: Tensor, mask: Tensor, cos_t: Tensor, sin_t:
         if prefix is not None:
             k = torch.cat([prefix[i][0], k], dim=2)
             v = torch.cat([prefix[i][1], v], dim=2)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=w.hq != w.hk,
-                                             scale=1.0 if w.q_scaled else None)
+        att = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, enable_gqa=w.hq != w.hk, scale=1.0 if w.q_scaled else None
+        )
         x = x + att.transpose(1, 2).flatten(2) @ layer.wo
         x = x + mlp(layer, x, w.eps)
     return x, kv
@@ -206,13 +224,15 @@ def packed_logits(model, input_ids: Tensor, positions: Tensor, allowed: Tensor) 
     """Logits of every position of rows with explicit positions and (n, L, L) attention mask."""
     w = weights(model)
     cos_t, sin_t = rope_tables(w, int(positions.max()) + 1, input_ids.device)
-    hidden, _ = forward_segment(w, input_ids, torch.ones_like(positions), cos_t, sin_t, positions=positions,
-                                allowed=allowed)
+    hidden, _ = forward_segment(
+        w, input_ids, torch.ones_like(positions), cos_t, sin_t, positions=positions, allowed=allowed
+    )
     return rms_norm(hidden, w.final_gain, w.eps) @ w.lm_head
 
 
-def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
-                      group_size: int = 1) -> Tensor:
+def completion_logits(
+    model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1
+) -> Tensor:
     """Logits predicting each completion token (B, T, vocab) for prompts of ``prompt_length`` columns followed
     by completions; with ``group_size`` G the rows come in groups of G sharing one prompt, run once."""
     w = weights(model)
@@ -220,7 +240,7 @@ def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, prompt_l
     cos_t, sin_t = rope_tables(w, total + 1, input_ids.device)
     if group_size == 1:
         hidden, _ = forward_segment(w, input_ids, attention_mask, cos_t, sin_t)
-        hidden = hidden[:, prompt_length - 1: -1]
+        hidden = hidden[:, prompt_length - 1 : -1]
     else:
         prompt_ids = input_ids[::group_size, :prompt_length]
         prompt_mask = attention_mask[::group_size, :prompt_length]
@@ -232,9 +252,16 @@ def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, prompt_l
         else:
             prefix = [(k.repeat_interleave(group_size, 0), v.repeat_interleave(group_size, 0)) for k, v in prompt_kv]
             start = prompt_mask.sum(-1).repeat_interleave(group_size, 0)
-            rest, _ = forward_segment(w, completion, attention_mask[:, prompt_length:-1], cos_t, sin_t,
-                                      prefix=prefix, prefix_mask=prompt_mask.repeat_interleave(group_size, 0),
-                                      start=start)
+            rest, _ = forward_segment(
+                w,
+                completion,
+                attention_mask[:, prompt_length:-1],
+                cos_t,
+                sin_t,
+                prefix=prefix,
+                prefix_mask=prompt_mask.repeat_interleave(group_size, 0),
+                start=start,
+            )
             hidden = torch.cat([first, rest], dim=1)
     return rms_norm(hidden, w.final_gain, w.eps) @ w.lm_head
 
@@ -245,9 +272,9 @@ def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, prompt_l
 class Decoder:
     """Prefill and one-token steps over folded weights (no autograd). ``refresh`` re-reads the parameters.
 
-    A step costs about 37 tensor operations per layer. Beyond the folding of :func:`weights`, the rotate-half
-    of RoPE is folded into the QKV product too (its columns are [q k | rotate_half(q k) | v], so RoPE is one
-    ``addcmul``), the residual additions ride on ``addmm`` and the attention bias on ``baddbmm``.
+    A step costs about 37 tensor operations per layer, views included. Beyond the folding of :func:`weights`,
+    the rotate-half of RoPE is folded into the QKV product too (its columns are [q k | rotate_half(q k) | v], so
+    RoPE is one ``addcmul``), the residual additions ride on ``addmm`` and the attention bias on ``baddbmm``.
     """
 
     def __init__(self, model):
@@ -293,8 +320,15 @@ class Decoder:
         key_bias = torch.full((n, 1, total), float("-inf"), dtype=w.embed.dtype, device=ids.device)
         key_bias[:, 0, :p].masked_fill_(mask.bool(), 0.0)
         heads = w.hq + w.hk
-        state = {"keys_t": keys_t, "values": values, "key_bias": key_bias, "cur": p, "pos": mask.sum(-1),
-                 "cos": cos_t.repeat(1, heads), "sin": sin_t.repeat(1, heads)}
+        state = {
+            "keys_t": keys_t,
+            "values": values,
+            "key_bias": key_bias,
+            "cur": p,
+            "pos": mask.sum(-1),
+            "cos": cos_t.repeat(1, heads),
+            "sin": sin_t.repeat(1, heads),
+        }
         return state, rms_norm(hidden[:, -1], None, w.eps) @ w.lm_head
 
     def repeat(self, state: dict, times: int) -> dict:
@@ -308,21 +342,21 @@ class Decoder:
         w = self.w
         n, cur, pos = tokens.shape[0], state["cur"], state["pos"]
         length, rep = cur + 1, w.hq // w.hk
-        qk, qd, kd = (w.hq + w.hk) * w.d, w.hq * w.d, w.hk * w.d
+        qk, qd = (w.hq + w.hk) * w.d, w.hq * w.d
         cos, sin = state["cos"][pos], state["sin"][pos]  # (n, (Hq + Hkv)·D)
         state["key_bias"][:, :, cur] = 0.0
         bias = state["key_bias"][:, :, :length].repeat_interleave(w.hk, 0)  # (n·Hkv, 1, L)
         x = F.embedding(tokens, w.embed)
         for layer, wqkv, kt, vc in zip(w.layers, self.step_qkv, state["keys_t"], state["values"]):
             h = rms_norm(x, None, w.eps) @ wqkv
-            rotated = torch.addcmul(h[:, :qk] * cos, h[:, qk:2 * qk], sin)
+            rotated = torch.addcmul(h[:, :qk] * cos, h[:, qk : 2 * qk], sin)
             kt[..., cur] = rotated[:, qd:].view(n, w.hk, w.d)
-            vc[:, :, cur] = h[:, 2 * qk:].view(n, w.hk, w.d)
+            vc[:, :, cur] = h[:, 2 * qk :].view(n, w.hk, w.d)
             q = rotated[:, :qd].reshape(n * w.hk, rep, w.d)
             scores = torch.baddbmm(bias, q, kt.view(n * w.hk, w.d, -1)[..., :length])
             att = torch.bmm(torch.softmax(scores, dim=-1), vc.view(n * w.hk, -1, w.d)[:, :length])
             x = torch.addmm(x, att.view(n, qd), layer.wo)
             gate_up = rms_norm(x, None, w.eps) @ layer.w_gate_up
-            x = torch.addmm(x, F.silu(gate_up[:, : w.intermediate]) * gate_up[:, w.intermediate:], layer.w_down)
+            x = torch.addmm(x, F.silu(gate_up[:, : w.intermediate]) * gate_up[:, w.intermediate :], layer.w_down)
         state["cur"], state["pos"] = length, pos + 1
         return rms_norm(x, None, w.eps) @ w.lm_head

@@ -71,8 +71,14 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_causal_lm(path: str | os.PathLike, *, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
-                   device: str | torch.device = "cpu", attn_implementation: str | None = None):
+def load_causal_lm(
+    path: str | os.PathLike,
+    *,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
+):
     """Load ``AutoModelForCausalLM`` and its tokenizer from a local folder (never from a hub).
 
     ``trust_remote_code`` stays off unless asked: a folder whose config needs custom code is refused.
@@ -90,7 +96,26 @@ def load_causal_lm(path: str | os.PathLike, *, trust_remote_code: bool = False, 
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"'{path}': cannot load the model ({str(exc).splitlines()[0]})") from None
     tokenizer = load_tokenizer(path, trust_remote_code)
+    disable_dropout(model)
     return model.to(device), tokenizer
+
+
+def disable_dropout(model) -> None:
+    """Set every dropout probability to 0 (modules and config fields such as ``attention_dropout``).
+
+    Log-probabilities must not depend on train/eval mode: behaviour and reference log-probabilities are taken in
+    eval mode and the policy's in train mode, and a resumed run must repeat the same numbers. TRL's RL and
+    preference trainers do the same by default.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for name, value in list(vars(model.config).items()):
+        if "dropout" in name and isinstance(value, float):
+            setattr(model.config, name, 0.0)
+    for module in model.modules():  # attention modules that copied the rate at construction
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def frozen_copy(model):
@@ -117,7 +142,7 @@ class SequenceBatch:
 
     @property
     def completion_mask(self) -> Tensor:
-        return self.attention_mask[:, self.prompt_length:]
+        return self.attention_mask[:, self.prompt_length :]
 
     def select(self, rows) -> "SequenceBatch":
         return SequenceBatch(self.input_ids[rows], self.attention_mask[rows], self.prompt_length)
@@ -128,8 +153,14 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, with_entropy: bool = False,
-                        group_size: int = 1, fast: bool = True) -> tuple[Tensor, Tensor | None]:
+def completion_logprobs(
+    model,
+    batch: SequenceBatch,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    group_size: int = 1,
+    fast: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Per-token log π(y_t | x, y_<t) of the completion tokens, (B, T), in fp32; 0 on padding.
 
     Logits are divided by ``temperature`` so that the result matches the distribution that sampled the
@@ -154,9 +185,13 @@ def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, w
     elif group_size > 1 and tokens.shape[1] > 0:
         logits = _shared_prompt_logits(model, batch, group_size)
     else:
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    position_ids=position_ids(batch.attention_mask), logits_to_keep=tokens.shape[1] + 1,
-                    use_cache=False)
+        out = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids(batch.attention_mask),
+            logits_to_keep=tokens.shape[1] + 1,
+            use_cache=False,
+        )
         logits = out.logits[:, :-1]
     logits = logits.float()
     if temperature != 1.0:
@@ -165,9 +200,10 @@ def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, w
 
 
 def _check_groups(batch: SequenceBatch, group_size: int) -> None:
-    prompts = batch.input_ids[:, :batch.prompt_length]
-    if prompts.shape[0] % group_size or not torch.equal(prompts[::group_size].repeat_interleave(group_size, 0),
-                                                         prompts):
+    prompts = batch.input_ids[:, : batch.prompt_length]
+    if prompts.shape[0] % group_size or not torch.equal(
+        prompts[::group_size].repeat_interleave(group_size, 0), prompts
+    ):
         raise ValueError(f"rows do not come in groups of {group_size} sharing a prompt")
 
 
@@ -177,8 +213,9 @@ def _shared_prompt_logits(model, batch: SequenceBatch, group_size: int) -> Tenso
     prompt_ids = batch.input_ids[::group_size, :prompt_len]
     prompt_mask = batch.attention_mask[::group_size, :prompt_len]
     prompt_pos = position_ids(prompt_mask)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True,
-                logits_to_keep=1)
+    out = model(
+        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True, logits_to_keep=1
+    )
     first = out.logits[:, -1:].repeat_interleave(group_size, 0)
     completion = batch.input_ids[:, prompt_len:-1]
     if completion.shape[1] == 0:
@@ -187,8 +224,13 @@ def _shared_prompt_logits(model, batch: SequenceBatch, group_size: int) -> Tenso
     cache.batch_repeat_interleave(group_size)
     offsets = torch.arange(1, completion.shape[1] + 1, device=completion.device)
     pos = prompt_pos[:, -1:].repeat_interleave(group_size, 0) + offsets
-    rest = model(input_ids=completion, attention_mask=batch.attention_mask[:, :-1], position_ids=pos,
-                 past_key_values=cache, use_cache=True)
+    rest = model(
+        input_ids=completion,
+        attention_mask=batch.attention_mask[:, :-1],
+        position_ids=pos,
+        past_key_values=cache,
+        use_cache=True,
+    )
     return torch.cat([first, rest.logits], dim=1)
 
 
@@ -216,16 +258,18 @@ def segment_logprobs(model, input_ids: Tensor, segment_ids: Tensor, fast: bool =
     if fast and llama_fast.supports(model):
         logits = llama_fast.packed_logits(model, input_ids, positions, allowed)
     else:
-        logits = model(input_ids=input_ids, attention_mask=allowed.unsqueeze(1), position_ids=positions,
-                       use_cache=False).logits
+        logits = model(
+            input_ids=input_ids, attention_mask=allowed.unsqueeze(1), position_ids=positions, use_cache=False
+        ).logits
     targets = input_ids[:, 1:]
     valid = (segment_ids[:, 1:] == segment_ids[:, :-1]) & real[:, 1:]
     logp, _ = logprobs_from_logits(logits[:, :-1].float(), targets, valid)
     return logp
 
 
-def logprobs_from_logits(logits: Tensor, tokens: Tensor, mask: Tensor,
-                         with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+def logprobs_from_logits(
+    logits: Tensor, tokens: Tensor, mask: Tensor, with_entropy: bool = False
+) -> tuple[Tensor, Tensor | None]:
     """log-softmax gathered at ``tokens`` without materialising the full log-softmax; 0 where ``mask`` is 0."""
     log_z = torch.logsumexp(logits, dim=-1)
     picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
@@ -242,5 +286,3 @@ def logprobs_from_logits(logits: Tensor, tokens: Tensor, mask: Tensor,
 
 def param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
-
-

@@ -42,4 +42,4 @@ def resolve(spec: str) -> str:
     root = data_dir()
     if root is None:
         raise UserError(f"'{spec}' refers to the data folder, which was not found: set {ENV_VAR}")
-    return str(root / spec[len("data:"):])
+    return str(root / spec[len("data:") :])

@@ -6,8 +6,13 @@ import os
 from pathlib import Path
 
 
-def plot_series(rows: list[dict], key: str, path: str | os.PathLike, title: str | None = None,
-                series: dict[str, list[dict]] | None = None) -> Path:
+def plot_series(
+    rows: list[dict],
+    key: str,
+    path: str | os.PathLike,
+    title: str | None = None,
+    series: dict[str, list[dict]] | None = None,
+) -> Path:
     """Plot ``key`` against ``step`` for one run (``rows``) or several (``series``: label → rows)."""
     import matplotlib
 
@@ -23,9 +28,11 @@ def plot_series(rows: list[dict], key: str, path: str | os.PathLike, title: str 
         xs, ys = zip(*points)
         window = max(1, len(ys) // 40)
         if window > 1:  # raw values faint, a moving average on top
-            line, = ax.plot(xs, ys, linewidth=0.6, alpha=0.3)
-            smooth = [sum(ys[max(0, i - window + 1):i + 1]) / len(ys[max(0, i - window + 1):i + 1])
-                      for i in range(len(ys))]
+            (line,) = ax.plot(xs, ys, linewidth=0.6, alpha=0.3)
+            smooth = [
+                sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1])
+                for i in range(len(ys))
+            ]
             ax.plot(xs, smooth, color=line.get_color(), linewidth=1.6, label=f"{label} (mean of {window})")
         else:
             ax.plot(xs, ys, linewidth=1.2, label=label)

@@ -38,3 +38,10 @@ def positive(config, *names: str) -> None:
     for name in names:
         if getattr(config, name) < 1:
             raise UserError(f"{name.replace('_', '-')} must be >= 1 (got {getattr(config, name)})")
+
+
+def non_negative(config, *names: str) -> None:
+    """Each named integer option must be 0 or more (0 meaning "automatic")."""
+    for name in names:
+        if getattr(config, name) < 0:
+            raise UserError(f"{name.replace('_', '-')} must be >= 0 (got {getattr(config, name)})")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from divalign.charlm import build_char_tokenizer, tiny_llama
-from divalign.commands.common import check_output_dir, create_run_dir, set_threads
+from divalign.commands.common import check_output_dir, create_run_dir, positive, set_threads
 from divalign.config import build
 from divalign.data.sft import Demonstration
 from divalign.errors import UserError
@@ -79,28 +79,58 @@ MAX_NEW_TOKENS = 6  # answers are at most 4 characters ("-99", "198") plus end-o
 
 
 def rl_config(config: DemoConfig, run_dir: Path) -> RLConfig:
-    options = {"fgrpo": {"divergence": config.divergence, "beta": config.beta}} if config.objective == "fgrpo" \
+    options = (
+        {"fgrpo": {"divergence": config.divergence, "beta": config.beta}}
+        if config.objective == "fgrpo"
         else {"grpo": {"beta": config.beta}}
-    return build(RLConfig, {
-        "model": "(built in memory by the demo)", "output_dir": str(run_dir), "task": "arithmetic",
-        "objective": config.objective, "steps": config.rl_steps, "prompts_per_step": config.prompts_per_step,
-        "num_generations": config.num_generations, "max_new_tokens": MAX_NEW_TOKENS,
-        "learning_rate": config.rl_learning_rate, "seed": config.seed, "progress": config.progress, **options,
-    }, where="demo")
+    )
+    return build(
+        RLConfig,
+        {
+            "model": "(built in memory by the demo)",
+            "output_dir": str(run_dir),
+            "task": "arithmetic",
+            "objective": config.objective,
+            "steps": config.rl_steps,
+            "prompts_per_step": config.prompts_per_step,
+            "num_generations": config.num_generations,
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "learning_rate": config.rl_learning_rate,
+            "seed": config.seed,
+            "progress": config.progress,
+            **options,
+        },
+        where="demo",
+    )
 
 
 def sft_config(config: DemoConfig, steps: int) -> SFTConfig:
-    return SFTConfig(batch_size=config.sft_batch_size, learning_rate=config.sft_learning_rate, steps=steps,
-                     lr_schedule="constant", warmup_steps=20, max_length=32, seed=config.seed,
-                     progress=config.progress)
+    return SFTConfig(
+        batch_size=config.sft_batch_size,
+        learning_rate=config.sft_learning_rate,
+        steps=steps,
+        lr_schedule="constant",
+        warmup_steps=20,
+        max_length=32,
+        seed=config.seed,
+        progress=config.progress,
+    )
 
 
 def run(config: DemoConfig) -> dict:
     if config.objective not in ("fgrpo", "grpo"):
         raise UserError(f"demo objective must be fgrpo or grpo (got '{config.objective}')")
-    for name in ("demonstrations", "sft_steps", "rl_steps", "eval_problems", "pass_k"):
-        if getattr(config, name) < 1:
-            raise UserError(f"{name.replace('_', '-')} must be >= 1")
+    positive(
+        config,
+        "demonstrations",
+        "sft_steps",
+        "rl_steps",
+        "eval_problems",
+        "pass_k",
+        "prompts_per_step",
+        "num_generations",
+        "sft_batch_size",
+    )
     out = check_output_dir(config.output_dir, resume=False)
     rl_cfg = rl_config(config, out)  # validates objective options (divergence name, beta) before writing
     set_threads(config.threads)
@@ -110,26 +140,34 @@ def run(config: DemoConfig) -> dict:
     demos = [Demonstration(ex.prompt, ex.answer) for ex in task.demonstrations(config.demonstrations, seed=config.seed)]
     eval_set = task.eval_set(config.eval_problems)
     tokenizer = build_char_tokenizer("0123456789+-=")
-    model = tiny_llama(tokenizer, hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4,
-                       num_kv_heads=2, max_positions=32, seed=config.seed)
+    model = tiny_llama(
+        tokenizer,
+        hidden_size=128,
+        intermediate_size=512,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        max_positions=32,
+        seed=config.seed,
+    )
     create_run_dir(out, config)
     say = print if config.progress else (lambda *a, **k: None)
-    say(f"divalign demo: {param_count(model) / 1e6:.2f}M-parameter Llama, {len(demos)} demonstrations, "
-        f"{len(eval_set)} held-out problems")
+    say(
+        f"divalign demo: {param_count(model) / 1e6:.2f}M-parameter Llama, {len(demos)} demonstrations, "
+        f"{len(eval_set)} held-out problems"
+    )
 
     def sft(policy, steps, folder, seconds=None):
         trainer = SFTTrainer(policy, tokenizer, demos, sft_config(config, steps))
         t0 = time.perf_counter()
-        run_steps(trainer, folder, steps, show_progress=config.progress, postfix_keys=("loss",),
-                  max_seconds=seconds)
+        run_steps(trainer, folder, steps, show_progress=config.progress, postfix_keys=("loss",), max_seconds=seconds)
         return time.perf_counter() - t0
 
     sft_seconds = sft(model, config.sft_steps, out / "sft")
     sft_model = frozen_copy(model)
     policy = model.requires_grad_(True)
 
-    trainer = OnlineTrainer(rl_cfg, policy, tokenizer, TaskPrompts(task, config.seed), task.reward,
-                            reference=sft_model)
+    trainer = OnlineTrainer(rl_cfg, policy, tokenizer, TaskPrompts(task, config.seed), task.reward, reference=sft_model)
     t0 = time.perf_counter()
     run_steps(trainer, out, config.rl_steps, show_progress=config.progress)
     rl_seconds = time.perf_counter() - t0
@@ -142,8 +180,9 @@ def run(config: DemoConfig) -> dict:
         control_seconds = sft(control_model, 10**9, out / "control", seconds=rl_seconds)
 
     def score(m):
-        return evaluate(m, tokenizer, eval_set, task.reward, max_new_tokens=MAX_NEW_TOKENS, k=config.pass_k,
-                        seed=config.seed)
+        return evaluate(
+            m, tokenizer, eval_set, task.reward, max_new_tokens=MAX_NEW_TOKENS, k=config.pass_k, seed=config.seed
+        )
 
     rows = {"SFT (before)": score(sft_model), f"SFT + {config.objective} (after)": score(policy)}
     if control_model is not None:
@@ -151,17 +190,28 @@ def run(config: DemoConfig) -> dict:
     before, after = rows["SFT (before)"], rows[f"SFT + {config.objective} (after)"]
     k = config.pass_k
     summary = {
-        "pass1_before": before["pass1_greedy"], "pass1_after": after["pass1_greedy"],
-        f"pass{k}_before": before[f"pass{k}"], f"pass{k}_after": after[f"pass{k}"],
-        "reward_before": before["reward_mean"], "reward_after": after["reward_mean"],
-        "objective": config.objective, "divergence": config.divergence if config.objective == "fgrpo" else None,
+        "pass1_before": before["pass1_greedy"],
+        "pass1_after": after["pass1_greedy"],
+        f"pass{k}_before": before[f"pass{k}"],
+        f"pass{k}_after": after[f"pass{k}"],
+        "reward_before": before["reward_mean"],
+        "reward_after": after["reward_mean"],
+        "objective": config.objective,
+        "divergence": config.divergence if config.objective == "fgrpo" else None,
         "seconds": {"sft": sft_seconds, "rl": rl_seconds, "control": control_seconds},
-        "eval_problems": len(eval_set), "demonstrations": len(demos), "table": rows,
+        "eval_problems": len(eval_set),
+        "demonstrations": len(demos),
+        "table": rows,
     }
     if control_model is not None:
         control = rows["SFT continued (control)"]
-        summary.update({"pass1_control": control["pass1_greedy"], f"pass{k}_control": control[f"pass{k}"],
-                        "reward_control": control["reward_mean"]})
+        summary.update(
+            {
+                "pass1_control": control["pass1_greedy"],
+                f"pass{k}_control": control[f"pass{k}"],
+                "reward_control": control["reward_mean"],
+            }
+        )
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
     metrics = read_metrics(out)
@@ -175,6 +225,7 @@ def run(config: DemoConfig) -> dict:
 def format_table(rows: dict[str, dict], k: int) -> str:
     lines = [f"{'model':32s} {'greedy pass@1':>14s} {f'pass@{k}':>9s} {'mean reward':>12s}"]
     for name, r in rows.items():
-        lines.append(f"{name:32s} {100 * r['pass1_greedy']:13.1f}% {100 * r[f'pass{k}']:8.1f}% "
-                     f"{r['reward_mean']:12.3f}")
+        lines.append(
+            f"{name:32s} {100 * r['pass1_greedy']:13.1f}% {100 * r[f'pass{k}']:8.1f}% {r['reward_mean']:12.3f}"
+        )
     return "\n".join(lines)

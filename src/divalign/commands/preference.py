@@ -7,9 +7,16 @@ import random
 import torch
 
 from divalign import objectives
-from divalign.commands.common import check_output_dir, create_run_dir, positive, set_threads
-from divalign.data.preferences import (Pair, Unpaired, advbench_compliance_refusal, as_unpaired, read_hh_rlhf,
-                                       read_pairs, read_unpaired)
+from divalign.commands.common import check_output_dir, create_run_dir, non_negative, positive, set_threads
+from divalign.data.preferences import (
+    Pair,
+    Unpaired,
+    advbench_compliance_refusal,
+    as_unpaired,
+    read_hh_rlhf,
+    read_pairs,
+    read_unpaired,
+)
 from divalign.data.records import read_records
 from divalign.errors import UserError
 from divalign.models import frozen_copy, load_causal_lm
@@ -37,12 +44,15 @@ def load(spec: str, config: PreferenceConfig, paired: bool) -> list[Pair] | list
         return pairs if paired else (unpaired or as_unpaired(pairs))
     first = read_records(spec)[0].data
     if config.chosen_field in first:
-        pairs = read_pairs(spec, config.prompt_field, config.chosen_field, config.rejected_field,
-                           config.drop_identical_pairs)
+        pairs = read_pairs(
+            spec, config.prompt_field, config.chosen_field, config.rejected_field, config.drop_identical_pairs
+        )
         return pairs if paired else as_unpaired(pairs)
     if paired:
-        raise UserError(f"{spec}: objective '{config.objective}' needs pairs (fields '{config.prompt_field}', "
-                        f"'{config.chosen_field}', '{config.rejected_field}')")
+        raise UserError(
+            f"{spec}: objective '{config.objective}' needs pairs (fields '{config.prompt_field}', "
+            f"'{config.chosen_field}', '{config.rejected_field}')"
+        )
     return read_unpaired(spec, config.prompt_field, config.completion_field, config.label_field)
 
 
@@ -60,13 +70,24 @@ def run(config: PreferenceConfig) -> list[dict]:
     if not config.data:
         raise UserError(f"no data: give --data FILE or one of {', '.join(BUILTIN)}")
     positive(config, "max_length", "batch_size")
+    non_negative(config, "micro_batch_size", "steps")
     if not 0 <= config.eval_fraction < 1:
         raise UserError("eval-fraction must be in [0, 1)")
     objective = objectives.get(config.objective)
     if objective.family not in ("pairs", "unpaired"):
-        raise UserError(f"objective '{config.objective}' is not an offline objective "
-                        f"(expected one of: {', '.join(objectives.names('pairs') + objectives.names('unpaired'))})")
+        raise UserError(
+            f"objective '{config.objective}' is not an offline objective "
+            f"(expected one of: {', '.join(objectives.names('pairs') + objectives.names('unpaired'))})"
+        )
     paired = objective.family == "pairs"
+    if getattr(config.objective_options, "whole_batch_only", False) and config.micro_batch_size not in (
+        0,
+        config.batch_size,
+    ):
+        raise UserError(
+            f"objective '{config.objective}' with preset '{config.fdo.preset}' needs the whole batch in "
+            "one forward pass: set micro-batch-size to 0"
+        )
     items = load(config.data, config, paired)
     if config.eval_data:
         train, held = items, load(config.eval_data, config, paired)
@@ -79,12 +100,23 @@ def run(config: PreferenceConfig) -> list[dict]:
     set_threads(config.threads)
     torch.manual_seed(config.seed)
     reference, tokenizer = load_causal_lm(config.model, trust_remote_code=config.trust_remote_code)
-    policy = load_causal_lm(checkpoint / FINAL_MODEL, trust_remote_code=config.trust_remote_code)[0] \
-        if checkpoint else frozen_copy(reference).requires_grad_(True)
+    policy = (
+        load_causal_lm(checkpoint / FINAL_MODEL, trust_remote_code=config.trust_remote_code)[0]
+        if checkpoint
+        else frozen_copy(reference).requires_grad_(True)
+    )
     reference.requires_grad_(False).eval()
     trainer = PreferenceTrainer(policy, tokenizer, config, train, reference, held or None)
     create_run_dir(run_dir, config)
     start = trainer.load_state_dict(state) if state is not None else 0
-    return run_steps(trainer, run_dir, trainer.total_steps, start_step=start, save_every=config.save_every,
-                     keep_checkpoints=config.keep_checkpoints, show_progress=config.progress,
-                     resumed=state is not None, postfix_keys=("loss", "reward_accuracy", "eval_accuracy"))
+    return run_steps(
+        trainer,
+        run_dir,
+        trainer.total_steps,
+        start_step=start,
+        save_every=config.save_every,
+        keep_checkpoints=config.keep_checkpoints,
+        show_progress=config.progress,
+        resumed=config.resume,
+        postfix_keys=("loss", "reward_accuracy", "eval_accuracy"),
+    )

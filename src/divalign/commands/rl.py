@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from divalign import rewards
-from divalign.commands.common import check_output_dir, create_run_dir, positive, set_threads
+from divalign import advantages, rewards
+from divalign.commands.common import check_output_dir, create_run_dir, non_negative, positive, set_threads
 from divalign.data.prompts import DatasetPrompts, read_prompt_file
 from divalign.errors import UserError
 from divalign.models import frozen_copy, load_causal_lm
@@ -39,8 +39,13 @@ def validate(config: RLConfig) -> None:
     positive(config, "steps", "prompts_per_step", "num_generations", "max_new_tokens")
     if config.temperature <= 0:
         raise UserError("temperature must be > 0")
-    if config.micro_batch_prompts < 0:
-        raise UserError("micro-batch-prompts must be >= 0")
+    non_negative(config, "micro_batch_prompts")
+    if config.advantage not in advantages.ESTIMATORS:
+        raise UserError(
+            f"unknown advantage estimator '{config.advantage}' (expected one of: {', '.join(advantages.ESTIMATORS)})"
+        )
+    if config.advantage == "rloo" and config.num_generations < 2:
+        raise UserError("rloo needs num-generations >= 2")
 
 
 def run(config: RLConfig) -> list[dict]:
@@ -58,12 +63,24 @@ def run(config: RLConfig) -> list[dict]:
     needs_ref = config.objective_options.needs_reference or config.log_reference_kl
     reference = None
     if needs_ref:
-        reference = frozen_copy(policy) if checkpoint is None else load_causal_lm(
-            config.model, trust_remote_code=config.trust_remote_code)[0].requires_grad_(False).eval()
+        reference = (
+            frozen_copy(policy)
+            if checkpoint is None
+            else load_causal_lm(config.model, trust_remote_code=config.trust_remote_code)[0]
+            .requires_grad_(False)
+            .eval()
+        )
 
-    create_run_dir(Path(run_dir), config)
     trainer = OnlineTrainer(config, policy, tokenizer, source, reward_fn, reference)
+    create_run_dir(Path(run_dir), config)
     start = trainer.load_state_dict(state) if state is not None else 0
-    return run_steps(trainer, run_dir, config.steps, start_step=start, save_every=config.save_every,
-                     keep_checkpoints=config.keep_checkpoints, show_progress=config.progress,
-                     resumed=state is not None)
+    return run_steps(
+        trainer,
+        run_dir,
+        config.steps,
+        start_step=start,
+        save_every=config.save_every,
+        keep_checkpoints=config.keep_checkpoints,
+        show_progress=config.progress,
+        resumed=config.resume,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from divalign.commands.common import check_output_dir, create_run_dir, positive, set_threads
+from divalign.commands.common import check_output_dir, create_run_dir, non_negative, positive, set_threads
 from divalign.commands.preference import BUILTIN, builtin_data, split_by_prompt
 from divalign.data.preferences import read_pairs
 from divalign.errors import UserError
@@ -15,8 +15,9 @@ from divalign.trainers.reward_model import RewardModelTrainer, RMConfig, load_re
 def load_pairs(spec: str, config: RMConfig):
     if spec in BUILTIN:
         return builtin_data(spec)[0]
-    return read_pairs(spec, config.prompt_field, config.chosen_field, config.rejected_field,
-                      config.drop_identical_pairs)
+    return read_pairs(
+        spec, config.prompt_field, config.chosen_field, config.rejected_field, config.drop_identical_pairs
+    )
 
 
 def run(config: RMConfig) -> list[dict]:
@@ -25,6 +26,7 @@ def run(config: RMConfig) -> list[dict]:
     if not config.data:
         raise UserError(f"no data: give --data FILE or one of {', '.join(BUILTIN)}")
     positive(config, "max_length", "batch_size")
+    non_negative(config, "micro_batch_size", "steps")
     pairs = load_pairs(config.data, config)
     if config.eval_data:
         train, held = pairs, load_pairs(config.eval_data, config)
@@ -36,11 +38,20 @@ def run(config: RMConfig) -> list[dict]:
     checkpoint, state = resume_point(run_dir) if config.resume else (None, None)
     set_threads(config.threads)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_reward_model(checkpoint / FINAL_MODEL if checkpoint else config.model,
-                                         config.trust_remote_code, config.seed)
+    model, tokenizer = load_reward_model(
+        checkpoint / FINAL_MODEL if checkpoint else config.model, config.trust_remote_code, config.seed
+    )
     trainer = RewardModelTrainer(model, tokenizer, config, train, held or None)
     create_run_dir(run_dir, config)
     start = trainer.load_state_dict(state) if state is not None else 0
-    return run_steps(trainer, run_dir, trainer.total_steps, start_step=start, save_every=config.save_every,
-                     keep_checkpoints=config.keep_checkpoints, show_progress=config.progress,
-                     resumed=state is not None, postfix_keys=("loss", "accuracy", "eval_accuracy"))
+    return run_steps(
+        trainer,
+        run_dir,
+        trainer.total_steps,
+        start_step=start,
+        save_every=config.save_every,
+        keep_checkpoints=config.keep_checkpoints,
+        show_progress=config.progress,
+        resumed=config.resume,
+        postfix_keys=("loss", "accuracy", "eval_accuracy"),
+    )

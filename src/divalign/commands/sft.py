@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from divalign.commands.common import check_output_dir, create_run_dir, positive, set_threads
+from divalign.commands.common import check_output_dir, create_run_dir, non_negative, positive, set_threads
 from divalign.data.sft import read_sft, render
 from divalign.errors import UserError
 from divalign.models import load_causal_lm
@@ -18,6 +18,7 @@ def run(config: SFTConfig) -> list[dict]:
     if not config.data:
         raise UserError("no data: give --data FILE (prompt/completion or chat messages)")
     positive(config, "max_length", "batch_size")
+    non_negative(config, "micro_batch_size", "steps")
     fields = (config.prompt_field, config.completion_field, config.messages_field)
     items = read_sft(config.data, *fields)
     eval_items = read_sft(config.eval_data, *fields) if config.eval_data else None
@@ -25,13 +26,22 @@ def run(config: SFTConfig) -> list[dict]:
     checkpoint, state = resume_point(run_dir) if config.resume else (None, None)
     set_threads(config.threads)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_causal_lm(checkpoint / FINAL_MODEL if checkpoint else config.model,
-                                      trust_remote_code=config.trust_remote_code)
+    model, tokenizer = load_causal_lm(
+        checkpoint / FINAL_MODEL if checkpoint else config.model, trust_remote_code=config.trust_remote_code
+    )
     for item in items[:1] + (eval_items or [])[:1]:
         render(tokenizer, item)  # a chat dataset meeting a tokenizer without a template fails here, before writing
     trainer = SFTTrainer(model, tokenizer, items, config, eval_items)
     create_run_dir(run_dir, config)
     start = trainer.load_state_dict(state) if state is not None else 0
-    return run_steps(trainer, run_dir, trainer.total_steps, start_step=start, save_every=config.save_every,
-                     keep_checkpoints=config.keep_checkpoints, show_progress=config.progress,
-                     resumed=state is not None, postfix_keys=("loss", "eval_loss"))
+    return run_steps(
+        trainer,
+        run_dir,
+        trainer.total_steps,
+        start_step=start,
+        save_every=config.save_every,
+        keep_checkpoints=config.keep_checkpoints,
+        show_progress=config.progress,
+        resumed=config.resume,
+        postfix_keys=("loss", "eval_loss"),
+    )

@@ -79,12 +79,21 @@ def _block_shapes(config: dict) -> list[tuple[str, tuple[int, ...]]]:
     dim, hidden, layers, vocab = config["dim"], config["hidden_dim"], config["n_layers"], config["vocab_size"]
     head_size = dim // config["n_heads"]
     kv_dim = head_size * config["n_kv_heads"]
-    shapes = [("token_embedding", (vocab, dim)), ("rms_att", (layers, dim)), ("wq", (layers, dim, dim)),
-              ("wk", (layers, kv_dim, dim)), ("wv", (layers, kv_dim, dim)), ("wo", (layers, dim, dim)),
-              ("rms_ffn", (layers, dim)), ("w1", (layers, hidden, dim)), ("w2", (layers, dim, hidden)),
-              ("w3", (layers, hidden, dim)), ("rms_final", (dim,)),
-              ("freq_cis_real", (config["seq_len"], head_size // 2)),
-              ("freq_cis_imag", (config["seq_len"], head_size // 2))]
+    shapes = [
+        ("token_embedding", (vocab, dim)),
+        ("rms_att", (layers, dim)),
+        ("wq", (layers, dim, dim)),
+        ("wk", (layers, kv_dim, dim)),
+        ("wv", (layers, kv_dim, dim)),
+        ("wo", (layers, dim, dim)),
+        ("rms_ffn", (layers, dim)),
+        ("w1", (layers, hidden, dim)),
+        ("w2", (layers, dim, hidden)),
+        ("w3", (layers, hidden, dim)),
+        ("rms_final", (dim,)),
+        ("freq_cis_real", (config["seq_len"], head_size // 2)),
+        ("freq_cis_imag", (config["seq_len"], head_size // 2)),
+    ]
     return shapes if config["shared_classifier"] else shapes + [("wcls", (vocab, dim))]
 
 
@@ -96,13 +105,15 @@ def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
     expected = 28 + 4 * sum(int(np.prod(shape)) for _, shape in shapes)
     if len(data) != expected:
         kind = "truncated" if len(data) < expected else "longer than its header implies"
-        raise UserError(f"{path}: {kind}: {len(data)} bytes, expected {expected} for header "
-                        f"{ {k: config[k] for k in HEADER_FIELDS} }")
+        raise UserError(
+            f"{path}: {kind}: {len(data)} bytes, expected {expected} for header "
+            f"{ {k: config[k] for k in HEADER_FIELDS} }"
+        )
     floats = np.frombuffer(data, dtype="<f4", offset=28)
     weights, offset = {}, 0
     for name, shape in shapes:
         size = int(np.prod(shape))
-        weights[name] = torch.from_numpy(floats[offset:offset + size].reshape(shape).astype(np.float32))
+        weights[name] = torch.from_numpy(floats[offset : offset + size].reshape(shape).astype(np.float32))
         offset += size
     return config, weights
 
@@ -118,7 +129,7 @@ def read_tokenizer(path) -> tuple[list[str], list[float], int]:
         if offset + 8 > len(data):
             raise UserError(f"{path}: truncated inside the record of token {len(pieces)}")
         score, length = struct.unpack_from("<fi", data, offset)
-        raw = data[offset + 8:offset + 8 + length]
+        raw = data[offset + 8 : offset + 8 + length]
         if length < 0 or len(raw) != length:
             raise UserError(f"{path}: truncated inside the record of token {len(pieces)}")
         try:
@@ -161,16 +172,29 @@ def build_tokenizer(pieces: list[str], scores: list[float]):
     pieces = [UNK, BOS, EOS] + pieces[3:FIRST_PIECE] + [p.replace("\u2581", " ") for p in pieces[FIRST_PIECE:]]
     if len(set(pieces)) != len(pieces):
         raise UserError("piece table has duplicate pieces")
-    bpe = models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=_merges(pieces, scores),
-                     unk_token=UNK, byte_fallback=True, fuse_unk=True)
+    bpe = models.BPE(
+        vocab={p: i for i, p in enumerate(pieces)},
+        merges=_merges(pieces, scores),
+        unk_token=UNK,
+        byte_fallback=True,
+        fuse_unk=True,
+    )
     tok = Tokenizer(bpe)
     tok.normalizer = normalizers.Prepend(" ")  # the dummy prefix; empty text stays empty, as in llama2.c
     tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     # The model was trained without padding, so no token is "the" pad. <unk> (id 0) is used: byte fallback means
     # the encoder never emits it, so a pad position cannot be mistaken for text, whereas pad = EOS would make a
     # padded batch look like finished sequences.
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=UNK,
-                                   add_bos_token=True, add_eos_token=False, clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        pad_token=UNK,
+        add_bos_token=True,
+        add_eos_token=False,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def _rope_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -182,19 +206,31 @@ def _rope_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 def hf_config(config: dict):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=config["vocab_size"], hidden_size=config["dim"],
-                       intermediate_size=config["hidden_dim"], num_hidden_layers=config["n_layers"],
-                       num_attention_heads=config["n_heads"], num_key_value_heads=config["n_kv_heads"],
-                       max_position_embeddings=config["seq_len"], rms_norm_eps=NORM_EPS, hidden_act="silu",
-                       rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
-                       tie_word_embeddings=config["shared_classifier"], bos_token_id=1, eos_token_id=2,
-                       pad_token_id=0)
+    return LlamaConfig(
+        vocab_size=config["vocab_size"],
+        hidden_size=config["dim"],
+        intermediate_size=config["hidden_dim"],
+        num_hidden_layers=config["n_layers"],
+        num_attention_heads=config["n_heads"],
+        num_key_value_heads=config["n_kv_heads"],
+        max_position_embeddings=config["seq_len"],
+        rms_norm_eps=NORM_EPS,
+        hidden_act="silu",
+        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
+        tie_word_embeddings=config["shared_classifier"],
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
 
 
 def hf_state_dict(config: dict, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The llama2.c blocks under HF Llama parameter names, with wq/wk permuted for HF's RoPE."""
-    state = {"model.embed_tokens.weight": weights["token_embedding"], "model.norm.weight": weights["rms_final"],
-             "lm_head.weight": weights.get("wcls", weights["token_embedding"])}
+    state = {
+        "model.embed_tokens.weight": weights["token_embedding"],
+        "model.norm.weight": weights["rms_final"],
+        "lm_head.weight": weights.get("wcls", weights["token_embedding"]),
+    }
     for i in range(config["n_layers"]):
         pre = f"model.layers.{i}."
         state[pre + "input_layernorm.weight"] = weights["rms_att"][i]
@@ -224,8 +260,9 @@ def convert(model_path, tokenizer_path, out_dir) -> Path:
     config, weights = read_checkpoint(model_path)
     pieces, scores, _ = read_tokenizer(tokenizer_path)
     if len(pieces) != config["vocab_size"]:
-        raise UserError(f"{tokenizer_path}: has {len(pieces)} tokens but {model_path} has vocab_size "
-                        f"{config['vocab_size']}")
+        raise UserError(
+            f"{tokenizer_path}: has {len(pieces)} tokens but {model_path} has vocab_size {config['vocab_size']}"
+        )
     try:
         tokenizer = build_tokenizer(pieces, scores)
     except UserError as exc:

@@ -39,8 +39,10 @@ def _check_identical(pairs: list[tuple[str, Pair]], drop_identical: bool) -> lis
     for where, pair in pairs:
         if pair.chosen == pair.rejected:
             if not drop_identical:
-                raise UserError(f"{where}: chosen and rejected are identical (remove the pair, or allow dropping "
-                                "such pairs with --drop-identical-pairs)")
+                raise UserError(
+                    f"{where}: chosen and rejected are identical (remove the pair, or allow dropping "
+                    "such pairs with --drop-identical-pairs)"
+                )
             print(f"divalign: warning: {where}: chosen and rejected are identical; pair left out", file=sys.stderr)
             continue
         kept.append(pair)
@@ -49,20 +51,31 @@ def _check_identical(pairs: list[tuple[str, Pair]], drop_identical: bool) -> lis
     return kept
 
 
-def read_pairs(path: str | os.PathLike, prompt_field: str = "prompt", chosen_field: str = "chosen",
-               rejected_field: str = "rejected", drop_identical: bool = False) -> list[Pair]:
+def read_pairs(
+    path: str | os.PathLike,
+    prompt_field: str = "prompt",
+    chosen_field: str = "chosen",
+    rejected_field: str = "rejected",
+    drop_identical: bool = False,
+) -> list[Pair]:
     records = read_records(path)
     require_fields(records, {prompt_field: str, chosen_field: str, rejected_field: str})
-    return _check_identical([(r.where, Pair(r.data[prompt_field], r.data[chosen_field], r.data[rejected_field]))
-                             for r in records], drop_identical)
+    return _check_identical(
+        [(r.where, Pair(r.data[prompt_field], r.data[chosen_field], r.data[rejected_field])) for r in records],
+        drop_identical,
+    )
 
 
 _TRUE = {True, 1, "1", "true", "True", "yes", "desirable"}
 _FALSE = {False, 0, "0", "false", "False", "no", "undesirable"}
 
 
-def read_unpaired(path: str | os.PathLike, prompt_field: str = "prompt", completion_field: str = "completion",
-                  label_field: str = "label") -> list[Unpaired]:
+def read_unpaired(
+    path: str | os.PathLike,
+    prompt_field: str = "prompt",
+    completion_field: str = "completion",
+    label_field: str = "label",
+) -> list[Unpaired]:
     records = read_records(path)
     require_fields(records, {prompt_field: str, completion_field: str, label_field: (bool, int, str)})
     out = []
@@ -85,7 +98,7 @@ def split_hh_transcript(chosen: str, rejected: str, where: str) -> Pair:
     if cut < 0:
         raise UserError(f"{where}: 'chosen' and 'rejected' do not share the dialogue before the last assistant turn")
     prompt = chosen[: cut + len(ASSISTANT)]
-    return Pair(prompt, chosen[len(prompt):], rejected[len(prompt):])
+    return Pair(prompt, chosen[len(prompt) :], rejected[len(prompt) :])
 
 
 def read_hh_rlhf(path: str | os.PathLike, drop_identical: bool = True) -> list[Pair]:
@@ -111,9 +124,11 @@ REFUSALS = (
 )
 
 
-def advbench_compliance_refusal(path: str | os.PathLike, refusals: tuple[str, ...] = REFUSALS
-                                ) -> tuple[list[Unpaired], list[Pair]]:
-    """Compliance–refusal data from AdvBench ``harmful_behaviors.csv`` (research/algorithms.md §2.3).
+def advbench_compliance_refusal(
+    path: str | os.PathLike, refusals: tuple[str, ...] = REFUSALS
+) -> tuple[list[Unpaired], list[Pair]]:
+    """Compliance–refusal data from AdvBench ``harmful_behaviors.csv``: the harmful-prompt half of the CR design
+    of research/algorithms.md §2.3 (AdvBench has no benign prompts; pair it with benign data for the other half).
 
     Each harmful ``goal`` gets a refusal as the desirable response and its affirmative ``target`` ("Sure, here
     is …") as the undesirable one. Returned both unpaired (for FDO, KTO, BCO) and as pairs (for DPO and

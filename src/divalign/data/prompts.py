@@ -30,7 +30,9 @@ class DatasetPrompts:
         return [self.examples[i] for i in self.order.take(step * size, size)]
 
 
-def read_prompt_file(path: str | os.PathLike, prompt_field: str = "prompt", answer_field: str = "answer") -> list[Example]:
+def read_prompt_file(
+    path: str | os.PathLike, prompt_field: str = "prompt", answer_field: str = "answer"
+) -> list[Example]:
     """Read a file of prompts with gold answers (JSONL, JSON, CSV or Parquet; GSM8K: ``--prompt-field question``)."""
     records = read_records(path)
     require_fields(records, {prompt_field: str, answer_field: (str, int, float)})

@@ -114,5 +114,6 @@ def require_fields(records: Iterable[Record], fields: dict[str, type | tuple]) -
                 raise UserError(f"{record.where}: missing field '{name}' (expected fields: {', '.join(fields)})")
             if not isinstance(record.data[name], kinds):
                 expected = kinds.__name__ if isinstance(kinds, type) else " or ".join(k.__name__ for k in kinds)
-                raise UserError(f"{record.where}: field '{name}' must be {expected}, "
-                                f"got {type(record.data[name]).__name__}")
+                raise UserError(
+                    f"{record.where}: field '{name}' must be {expected}, got {type(record.data[name]).__name__}"
+                )

@@ -2,7 +2,8 @@
 
 Chat records hold ``messages``: a list of ``{"role": ..., "content": ...}`` whose last message is the
 assistant's reply. The tokenizer's chat template renders every earlier message plus the generation prompt as
-the prompt; the reply is the completion, the only part the loss sees.
+the prompt; the completion is what the template adds for the reply — its text and the template's own
+end-of-turn markup — the only part the loss sees.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ class Chat:
     where: str
 
 
-def read_sft(path: str | os.PathLike, prompt_field: str = "prompt", completion_field: str = "completion",
-             messages_field: str = "messages") -> list[Demonstration | Chat]:
+def read_sft(
+    path: str | os.PathLike,
+    prompt_field: str = "prompt",
+    completion_field: str = "completion",
+    messages_field: str = "messages",
+) -> list[Demonstration | Chat]:
     """Chat records if the first record has ``messages_field``, else prompt/completion records."""
     records = read_records(path)
     if messages_field in records[0].data:
@@ -51,12 +56,24 @@ def _chat(messages: list, where_field: str, where: str) -> Chat:
 
 
 def render(tokenizer, item: Demonstration | Chat) -> tuple[str, str, bool]:
-    """(prompt text, completion text, whether the prompt already carries the special tokens)."""
+    """(prompt text, completion text, whether the texts come from the chat template).
+
+    Plain completions get the tokenizer's end-of-sequence token appended when tokenised; templated ones already
+    end with whatever the template closes a reply with.
+    """
     if isinstance(item, Demonstration):
         return item.prompt, item.completion, False
     if not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"{item.where}: chat 'messages' need a tokenizer with a chat template, and this "
-                        "tokenizer has none (add one to tokenizer_config.json, or use prompt/completion data)")
-    history = [{"role": role, "content": content} for role, content in item.messages[:-1]]
-    prompt = tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=False)
-    return prompt, item.messages[-1][1], True
+        raise UserError(
+            f"{item.where}: chat 'messages' need a tokenizer with a chat template, and this "
+            "tokenizer has none (add one to tokenizer_config.json, or use prompt/completion data)"
+        )
+    messages = [{"role": role, "content": content} for role, content in item.messages]
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise UserError(
+            f"{item.where}: the chat template renders the conversation so that it does not start "
+            "with the rendered prompt; the reply cannot be separated from it"
+        )
+    return prompt, full[len(prompt) :], True

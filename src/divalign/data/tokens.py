@@ -1,6 +1,22 @@
-"""Fitting a tokenised prompt and response into a length budget."""
+"""Token-list helpers: padding rows into a batch, fitting a prompt and response into a length budget."""
 
 from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def pad(rows: list[list[int]], pad_id: int, left: bool = False, device="cpu") -> tuple[Tensor, Tensor]:
+    """Stack token lists into an (N, width) tensor padded on the left or right, and its attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            cols = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[i, cols] = torch.tensor(row, dtype=torch.long)
+            mask[i, cols] = 1
+    return ids.to(device), mask.to(device)
 
 
 def fit(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int]]:
@@ -12,4 +28,4 @@ def fit(prompt: list[int], response: list[int], max_length: int) -> tuple[list[i
     if len(prompt) + len(response) <= max_length:
         return prompt, response
     response = response[: max(max_length - len(prompt), max_length // 2)]
-    return prompt[len(prompt) - (max_length - len(response)):], response
+    return prompt[len(prompt) - (max_length - len(response)) :], response

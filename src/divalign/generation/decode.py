@@ -40,8 +40,15 @@ class Sampler:
         raise NotImplementedError
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
-                 greedy: bool = False, generator: torch.Generator | None = None, num_samples: int = 1) -> Rollout:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+        num_samples: int = 1,
+    ) -> Rollout:
         """Complete each prompt ``num_samples`` times; rows of the rollout are grouped by prompt.
 
         Each prompt is run once and its cache is repeated for its samples.
@@ -100,8 +107,13 @@ class HFSampler(Sampler):
     def step(self, state, tokens):
         state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((tokens.shape[0], 1))], dim=1)
         pos = state["next_pos"]
-        out = self.model(input_ids=tokens.unsqueeze(-1), attention_mask=state["mask"], position_ids=pos.unsqueeze(-1),
-                         past_key_values=state["cache"], use_cache=True)
+        out = self.model(
+            input_ids=tokens.unsqueeze(-1),
+            attention_mask=state["mask"],
+            position_ids=pos.unsqueeze(-1),
+            past_key_values=state["cache"],
+            use_cache=True,
+        )
         state["cache"] = out.past_key_values
         state["next_pos"] = pos + 1
         return out.logits[:, -1]

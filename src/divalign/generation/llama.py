@@ -1,5 +1,5 @@
 """The sampler for Llama-family models: the loop of :class:`~divalign.generation.decode.Sampler` over the lean
-decoder of :mod:`divalign.llama_fast` (folded weights, preallocated cache, ~20 operations per layer)."""
+decoder of :mod:`divalign.llama_fast` (folded weights, preallocated cache, a few dozen operations per layer)."""
 
 from __future__ import annotations
 

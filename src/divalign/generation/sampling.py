@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from divalign.data.tokens import pad
 from divalign.models import SequenceBatch
 
 
@@ -39,19 +40,13 @@ class Rollout:
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device="cpu") -> tuple[Tensor, Tensor]:
-    """Stack token lists into a left-padded (N, P) tensor and its attention mask."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        if p:
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
-    return ids.to(device), mask.to(device)
+    """Prompts left-padded to one width (so that generation continues every row at the same column)."""
+    return pad(prompts, pad_id, left=True, device=device)
 
 
-def sample_next(logits: Tensor, temperature: float, generator: torch.Generator | None,
-                greedy: bool) -> tuple[Tensor, Tensor]:
+def sample_next(
+    logits: Tensor, temperature: float, generator: torch.Generator | None, greedy: bool
+) -> tuple[Tensor, Tensor]:
     """Pick one token per row and return it with its log-probability under softmax(logits / temperature).
 
     Sampling inverts the CDF with one uniform draw per row from ``generator``: one ``cumsum`` and one

@@ -78,7 +78,7 @@ class FGRPOOptions:
     """Scale of the implicit reward r = beta * log(pi/pi_ref); must be > 0."""
 
     def __post_init__(self):
-        self.divergence_fn = divergences.get(self.divergence, **({"alpha": self.alpha} if self.divergence == "alpha" else {}))
+        self.divergence_fn = divergences.by_name(self.divergence, self.alpha)
         self.link_fn = self.divergence_fn.link(self.link)
         if self.level not in LEVELS:
             raise UserError(f"fgrpo.level: expected one of {', '.join(LEVELS)} (got '{self.level}')")
@@ -96,11 +96,12 @@ class FGRPOOptions:
 def importance_weights(batch: OnlineBatch) -> tuple[torch.Tensor, float]:
     """Self-normalised weights softmax(±R_j − log π_old(y_j|x)) over each prompt's aligned / unaligned responses.
 
-    Returns per-response weights that average 1 over each subset, and the mean effective sample size fraction.
+    Returns per-response weights that average 1 over each subset, and the sum over the (subset, prompt) pairs of
+    this micro-batch of the effective-sample-size fraction (1/Σp²)/count, and how many pairs that sum covers.
     """
     old_seq = batch.sequence_sum(batch.old_logprobs)
     weights = torch.zeros_like(batch.rewards)
-    ess = []
+    ess_sum, ess_count = 0.0, 0
     n = batch.local_groups
     for sign, member in ((1.0, batch.advantages > 0), (-1.0, batch.advantages < 0)):
         if not bool(member.any()):
@@ -108,10 +109,10 @@ def importance_weights(batch: OnlineBatch) -> tuple[torch.Tensor, float]:
         p = group_softmax(sign * batch.rewards - old_seq, batch.group_ids, n, member)
         count = group_sum(member.to(p.dtype), batch.group_ids, n)
         weights = torch.where(member, p * count[batch.group_ids], weights)
-        sq = group_sum(p * p, batch.group_ids, n)
         has = count > 0
-        ess.append(((1.0 / sq[has]) / count[has]).mean().item())
-    return weights, (sum(ess) / len(ess) if ess else 1.0)
+        ess_sum += float(((1.0 / group_sum(p * p, batch.group_ids, n)[has]) / count[has]).sum())
+        ess_count += int(has.sum())
+    return weights, ess_sum, ess_count
 
 
 @register("fgrpo", family="online", options=FGRPOOptions)
@@ -130,9 +131,10 @@ def fgrpo_loss(batch: OnlineBatch, options: FGRPOOptions):
     weight = adv.abs()
     metrics = {}
     if options.weights == "softmax_is":
-        is_weights, ess = importance_weights(batch)
+        is_weights, ess_sum, ess_count = importance_weights(batch)
         weight = weight * is_weights.detach()
-        metrics["is_ess"] = ess * batch.local_groups / batch.num_groups
+        # Share of the whole batch's mean over (side, prompt) pairs; every prompt of a step with signal has both.
+        metrics["is_ess"] = ess_sum / max(1, 2 * batch.num_groups) if ess_count else 0.0
     aligned = adv > 0
     if options.level == "token":
         weight, aligned = weight.unsqueeze(-1), aligned.unsqueeze(-1)

@@ -14,7 +14,8 @@ Deviations and choices:
 * The log-ratio log ρ is clamped to ±20 before ``exp`` and k3 to ±10 (as verl does) so that loss and gradient
   stay finite for any input; inside those bounds the formula is exact.
 * With one update per batch the behaviour log-probabilities from sampling serve as π_old, so ρ = 1 in value
-  and only its gradient matters (no extra forward pass).
+  (to ~1e-7 in fp32; sampling and training share one fp32 computation) and only its gradient matters (no extra
+  forward pass).
 * The KL term is added per token inside the aggregation, as in the paper and TRL.
 """
 
@@ -26,7 +27,7 @@ import torch
 
 from divalign.errors import UserError
 from divalign.objectives import kl
-from divalign.objectives.aggregation import aggregate, check_mode, sequence_share, token_share
+from divalign.objectives.aggregation import aggregate, check_mode, token_share
 from divalign.objectives.batch import OnlineBatch
 from divalign.objectives.registry import register
 
@@ -71,8 +72,6 @@ def grpo_loss(batch: OnlineBatch, options: GRPOOptions):
     if options.beta > 0:
         if batch.ref_logprobs is None:
             raise ValueError("grpo with beta > 0 needs reference log-probabilities")
-        per_token_kl = kl.k3(batch.logprobs, batch.ref_logprobs)
-        per_token = per_token + options.beta * per_token_kl
-        metrics["kl_penalty"] = sequence_share(batch.sequence_sum(per_token_kl.detach()), batch)
+        per_token = per_token + options.beta * kl.k3(batch.logprobs, batch.ref_logprobs)
     loss = aggregate(per_token, batch, options.aggregation)
     return loss, metrics

@@ -115,7 +115,9 @@ class IPOOptions:
 
 @register("ipo", family="pairs", options=IPOOptions)
 def ipo_loss(batch: PairBatch, options: IPOOptions):
-    h = batch.chosen_ratio / batch.chosen_lengths.clamp(min=1) - batch.rejected_ratio / batch.rejected_lengths.clamp(min=1)
+    h = batch.chosen_ratio / batch.chosen_lengths.clamp(min=1) - batch.rejected_ratio / batch.rejected_lengths.clamp(
+        min=1
+    )
     per_pair = (h - 1.0 / (2.0 * options.beta)) ** 2
     return _mean(per_pair, batch), _pair_metrics(batch, options.beta, h)
 
@@ -139,8 +141,7 @@ class FDPOOptions:
         _check_beta(self.beta, "fdpo")
         if self.divergence not in FDPO_DIVERGENCES:
             raise UserError(f"fdpo.divergence: expected one of {', '.join(FDPO_DIVERGENCES)} (got '{self.divergence}')")
-        name = FDPO_DIVERGENCES[self.divergence]
-        self.f_prime_of_exp = divergences.get(name, **({"alpha": self.alpha} if name == "alpha" else {})).canonical
+        self.f_prime_of_exp = divergences.by_name(FDPO_DIVERGENCES[self.divergence], self.alpha).canonical
 
 
 @register("fdpo", family="pairs", options=FDPOOptions)

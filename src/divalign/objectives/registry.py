@@ -28,7 +28,8 @@ class Objective:
         for key in values:
             if key not in known:
                 raise UserError(
-                    f"{where}: unknown option '{key}' for objective '{self.name}' (expected: {', '.join(sorted(known))})"
+                    f"{where}: unknown option '{key}' for objective '{self.name}' "
+                    f"(expected: {', '.join(sorted(known))})"
                 )
         return self.options(**values)
 

@@ -3,7 +3,9 @@
 Each takes an :class:`UnpairedBatch` of sequence log-probabilities with a desirability flag per response, the
 options, and a small ``state`` dict (running averages of KLDO and BCO; empty for the others), and returns
 ``(loss, metrics)``. After the whole batch the trainer calls ``options.next_state(state, metrics)``. Averages
-over each side divide by that side's count in the *whole* batch, so micro-batch losses add up.
+over each side divide by that side's count in the *whole* batch, so micro-batch losses add up — except for
+KLDO, whose log-mean-exp and running average need the whole batch at once (``whole_batch_only``), and KTO,
+whose reference point the trainer computes once per batch.
 
 FDO (arXiv 2502.00657, §2): with r = β·log(π_θ/π_ref) and a link g into dom f*, minimise the negative
 variational bound of D_f(D⁺ ‖ D⁻),
@@ -23,8 +25,8 @@ Presets (``preset``):
 * ``hdo``: squared Hellinger, canonical link: Ê⁺[e^(−r/2)] + Ê⁻[e^(r/2)] up to constants.
 
 KTO (arXiv 2402.01306, as TRL implements it): z₀ = max(0, mean(log π_θ(y'|x) − log π_ref(y'|x))) over
-mismatched pairs (x, y'), detached; loss λ_D(1 − σ(β(r − z₀))) on desirable and λ_U(1 − σ(β(z₀ − r))) on
-undesirable responses, averaged over all responses. Without mismatched pairs z₀ = 0.
+mismatched pairs (x, y') of the whole batch, detached; loss λ_D(1 − σ(β(r − z₀))) on desirable and
+λ_U(1 − σ(β(z₀ − r))) on undesirable responses, averaged over all responses. Without mismatched pairs z₀ = 0.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class UnpairedBatch:
     desirable: Tensor  #: (B,) bool
     num_desirable: int  #: in the whole accumulated batch
     num_undesirable: int
-    kl_logps: Tensor | None = None  #: KTO: log π_θ(y'|x) on mismatched pairs
+    kl_logps: Tensor | None = None  #: KTO: log π_θ(y'|x) on the whole batch's mismatched pairs
     ref_kl_logps: Tensor | None = None
 
     @property
@@ -100,8 +102,11 @@ class FDOOptions:
             raise UserError(f"fdo.beta must be > 0 (got {self.beta})")
         if not 0 < self.ema_rate <= 1:
             raise UserError("fdo.ema_rate must be in (0, 1]")
-        params = {"alpha": self.alpha} if self.divergence == "alpha" else {}
-        self.link_fn = divergences.get(self.divergence, **params).link(self.link)
+        self.link_fn = divergences.by_name(self.divergence, self.alpha).link(self.link)
+
+    @property
+    def whole_batch_only(self) -> bool:
+        return self.preset == "kldo"
 
     def next_state(self, state: dict, metrics: dict) -> dict:
         """Fold the whole batch's statistics into the running averages."""
@@ -157,6 +162,8 @@ class KTOOptions:
     def __post_init__(self):
         if not self.beta > 0:
             raise UserError(f"kto.beta must be > 0 (got {self.beta})")
+
+    whole_batch_only = False
 
     def next_state(self, state: dict, metrics: dict) -> dict:
         return state

@@ -40,7 +40,9 @@ def get(spec: str) -> Reward:
     if ":" in spec:
         return PerSample(_import(spec), spec)
     if spec not in BUILTIN:
-        raise UserError(f"unknown reward '{spec}' (expected one of: {', '.join(BUILTIN)}, rm:FOLDER or module:function)")
+        raise UserError(
+            f"unknown reward '{spec}' (expected one of: {', '.join(BUILTIN)}, rm:FOLDER or module:function)"
+        )
     return PerSample(BUILTIN[spec], spec)
 
 

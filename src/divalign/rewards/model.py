@@ -11,17 +11,22 @@ from divalign.errors import UserError
 
 
 class RewardModelScorer:
-    """Scores with an ``AutoModelForSequenceClassification`` folder of one label (as ``divalign rm`` saves)."""
+    """Scores with an ``AutoModelForSequenceClassification`` folder of one label (as ``divalign rm`` saves).
 
-    def __init__(self, folder: str, max_length: int = 512, batch_size: int = 64):
+    Inputs are cut to ``max_length`` tokens as in training (256, ``divalign rm``'s default).
+    """
+
+    def __init__(self, folder: str, max_length: int = 256, batch_size: int = 64):
         from divalign.trainers.reward_model import load_reward_model
 
         config = Path(folder) / "config.json"
         if config.exists():
             archs = json.loads(config.read_text()).get("architectures") or []
             if not any(a.endswith("ForSequenceClassification") for a in archs):
-                raise UserError(f"'{folder}' is not a reward model (config.json architectures {archs}; expected a "
-                                "*ForSequenceClassification model, as `divalign rm` saves)")
+                raise UserError(
+                    f"'{folder}' is not a reward model (config.json architectures {archs}; expected a "
+                    "*ForSequenceClassification model, as `divalign rm` saves)"
+                )
         self.model, self.tokenizer = load_reward_model(folder)
         self.model.requires_grad_(False).eval()
         self.max_length, self.batch_size = max_length, batch_size
@@ -32,7 +37,11 @@ class RewardModelScorer:
 
         out = []
         for start in range(0, len(prompts), self.batch_size):
-            ids, mask = encode_texts(self.tokenizer, prompts[start:start + self.batch_size],
-                                     completions[start:start + self.batch_size], self.max_length)
+            ids, mask = encode_texts(
+                self.tokenizer,
+                prompts[start : start + self.batch_size],
+                completions[start : start + self.batch_size],
+                self.max_length,
+            )
             out += scores(self.model, ids, mask).tolist()
         return out

@@ -21,7 +21,7 @@ def final_answer_segment(text: str) -> str:
         return text.rsplit("####", 1)[1]
     matches = list(_ANSWER_IS.finditer(text))
     if matches:
-        return text[matches[-1].end():]
+        return text[matches[-1].end() :]
     boxed = _BOXED.findall(text)
     if boxed:
         return boxed[-1]

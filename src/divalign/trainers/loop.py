@@ -19,15 +19,27 @@ def resume_point(run_dir: str | os.PathLike) -> tuple[Path | None, dict | None]:
     return (ckpt, load_state(ckpt)) if ckpt is not None else (None, None)
 
 
-def run_steps(trainer, run_dir: str | os.PathLike, total_steps: int, *, start_step: int = 0, save_every: int = 0,
-              keep_checkpoints: int = 2, show_progress: bool = True, resumed: bool = False,
-              postfix_keys: tuple[str, ...] = ("reward_mean", "kl"), max_seconds: float | None = None) -> list[dict]:
+def run_steps(
+    trainer,
+    run_dir: str | os.PathLike,
+    total_steps: int,
+    *,
+    start_step: int = 0,
+    save_every: int = 0,
+    keep_checkpoints: int = 2,
+    show_progress: bool = True,
+    resumed: bool = False,
+    postfix_keys: tuple[str, ...] = ("reward_mean", "kl"),
+    max_seconds: float | None = None,
+) -> list[dict]:
     """Run ``trainer.step`` from ``start_step`` to ``total_steps`` (or until ``max_seconds`` of training time);
-    log, checkpoint, save the final model."""
+    log, checkpoint, save the final model. With ``resumed`` the metrics log first drops rows after
+    ``start_step`` (all of them when a run restarts from step 0 for want of a checkpoint)."""
     log = MetricsLog(run_dir, resume_step=start_step if resumed else None)
     rows = []
-    bar = progress(None if max_seconds else total_steps, initial=start_step, desc=Path(run_dir).name,
-                   enabled=show_progress)
+    bar = progress(
+        None if max_seconds else total_steps, initial=start_step, desc=Path(run_dir).name, enabled=show_progress
+    )
     started = time.perf_counter()
     try:
         for step in range(start_step, total_steps):
@@ -38,8 +50,9 @@ def run_steps(trainer, run_dir: str | os.PathLike, total_steps: int, *, start_st
             bar.set_postfix({k: f"{row[k]:.3g}" for k in postfix_keys if k in row}, refresh=False)
             done = step + 1
             if save_every and done % save_every == 0 and done < total_steps:
-                save_checkpoint(run_dir, done, trainer.policy, trainer.tokenizer, trainer.state_dict(done),
-                                keep=keep_checkpoints)
+                save_checkpoint(
+                    run_dir, done, trainer.policy, trainer.tokenizer, trainer.state_dict(done), keep=keep_checkpoints
+                )
             if max_seconds is not None and time.perf_counter() - started >= max_seconds:
                 break
     finally:

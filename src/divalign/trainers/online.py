@@ -26,7 +26,7 @@ from divalign.objectives import kl as kl_estimators
 from divalign.objectives.fgrpo import FGRPOOptions
 from divalign.objectives.grpo import GRPOOptions
 from divalign.tasks.arithmetic import ArithmeticConfig
-from divalign.trainers.optim import make_optimizer, make_schedule
+from divalign.trainers.optim import Optimization
 
 
 @dataclass
@@ -120,19 +120,15 @@ class OnlineTrainer:
         self.objective = objectives.get(config.objective, family="online")
         self.options = config.objective_options
         self.sampler = make_sampler(policy, tokenizer, fast=config.fast_path)
-        self.optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay)
-        self.scheduler = make_schedule(self.optimizer, config.lr_schedule, config.warmup_steps, config.steps)
+        self.optimization = Optimization(policy, config, config.steps)
         self._prompt_ids: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ state for checkpoints
     def state_dict(self, step: int) -> dict:
-        return {"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state()}
+        return {"step": step, **self.optimization.state_dict()}
 
     def load_state_dict(self, state: dict) -> int:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        self.optimization.load_state_dict(state)
         self.sampler.refresh()
         return int(state["step"])
 
@@ -150,9 +146,13 @@ class OnlineTrainer:
 
         examples = self.prompts.batch(step, cfg.prompts_per_step)
         self.policy.eval()
-        rollout = self.sampler.generate([self._encode(ex.prompt) for ex in examples], cfg.max_new_tokens,
-                                        cfg.temperature, generator=step_generator(cfg.seed, step),
-                                        num_samples=group)
+        rollout = self.sampler.generate(
+            [self._encode(ex.prompt) for ex in examples],
+            cfg.max_new_tokens,
+            cfg.temperature,
+            generator=step_generator(cfg.seed, step),
+            num_samples=group,
+        )
         timings["generate_s"] = time.perf_counter() - t0
 
         t = time.perf_counter()
@@ -167,30 +167,55 @@ class OnlineTrainer:
 
         t = time.perf_counter()
         sequences = rollout.sequences()
+        num_sequences = num_groups * group
+        per_micro = (cfg.micro_batch_prompts or num_groups) * group
+        micro_batches = [slice(start, start + per_micro) for start in range(0, num_sequences, per_micro)]
         ref_logprobs = None
         if self.reference is not None:
             with torch.no_grad():
-                ref_logprobs, _ = completion_logprobs(self.reference, sequences, cfg.temperature, group_size=group,
-                                                      fast=cfg.fast_path)
+                ref_logprobs = torch.cat(
+                    [
+                        completion_logprobs(
+                            self.reference,
+                            sequences.select(rows),
+                            cfg.temperature,
+                            group_size=group,
+                            fast=cfg.fast_path,
+                        )[0]
+                        for rows in micro_batches
+                    ]
+                )
         timings["reference_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
         self.policy.train()
-        num_sequences = num_groups * group
-        totals = {"num_sequences": num_sequences, "num_groups": num_groups,
-                  "num_tokens": int(rollout.completion_mask.sum().item()), "max_length": cfg.max_new_tokens}
-        per_micro = (cfg.micro_batch_prompts or num_groups) * group
+        totals = {
+            "num_sequences": num_sequences,
+            "num_groups": num_groups,
+            "num_tokens": int(rollout.completion_mask.sum().item()),
+            "max_length": cfg.max_new_tokens,
+        }
         summed: dict[str, float] = {}
         loss_total = 0.0
-        for start in range(0, num_sequences, per_micro):
-            rows = slice(start, start + per_micro)
-            logprobs, entropy = completion_logprobs(self.policy, sequences.select(rows), cfg.temperature,
-                                                    with_entropy=True, group_size=group, fast=cfg.fast_path)
+        for rows in micro_batches:
+            logprobs, entropy = completion_logprobs(
+                self.policy,
+                sequences.select(rows),
+                cfg.temperature,
+                with_entropy=True,
+                group_size=group,
+                fast=cfg.fast_path,
+            )
             batch = OnlineBatch(
-                logprobs=logprobs, old_logprobs=rollout.logprobs[rows],
+                logprobs=logprobs,
+                old_logprobs=rollout.logprobs[rows],
                 ref_logprobs=None if ref_logprobs is None else ref_logprobs[rows],
-                mask=rollout.completion_mask[rows], advantages=adv[rows], rewards=rewards[rows],
-                group_ids=group_ids[rows], **totals)
+                mask=rollout.completion_mask[rows],
+                advantages=adv[rows],
+                rewards=rewards[rows],
+                group_ids=group_ids[rows],
+                **totals,
+            )
             loss, metrics = self.objective.loss(batch, self.options)
             loss.backward()
             loss_total += float(loss.item())
@@ -203,13 +228,7 @@ class OnlineTrainer:
         timings["forward_backward_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        update = self.optimization.step()
         self.sampler.refresh()
         timings["optimizer_s"] = time.perf_counter() - t
         timings["step_s"] = time.perf_counter() - t0
@@ -223,8 +242,7 @@ class OnlineTrainer:
             "completion_length": float(lengths.mean()),
             "truncated_fraction": float(rollout.truncated.float().mean()),
             "loss": loss_total,
-            "grad_norm": grad_norm,
-            "lr": lr,
+            **update,
             **summed,
             **timings,
         }

@@ -34,3 +34,38 @@ def make_schedule(optimizer, kind: str, warmup_steps: int, total_steps: int):
         return 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Optimization:
+    """What every trainer does after its backward passes: clip the gradient norm, AdamW step, schedule step.
+
+    ``config`` provides ``learning_rate``, ``weight_decay``, ``lr_schedule``, ``warmup_steps`` and
+    ``max_grad_norm`` (0 disables clipping). ``state_dict`` also holds torch's global RNG, so that a resumed run
+    continues bit for bit.
+    """
+
+    def __init__(self, model, config, total_steps: int):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
+        self.scheduler = make_schedule(self.optimizer, config.lr_schedule, config.warmup_steps, total_steps)
+        self.max_grad_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+
+    def step(self) -> dict[str, float]:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": grad_norm, "lr": lr}
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])

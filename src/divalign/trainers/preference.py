@@ -10,6 +10,7 @@ saved with each checkpoint.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -18,13 +19,12 @@ import torch
 from divalign import objectives
 from divalign.data.order import EpochOrder
 from divalign.data.preferences import Pair, Unpaired
-from divalign.data.tokens import fit
-from divalign.generation.sampling import left_pad
+from divalign.data.tokens import fit, pad
 from divalign.models import SequenceBatch, completion_logprobs
 from divalign.objectives import PairBatch, UnpairedBatch
 from divalign.objectives.pairs import DPOOptions, FDPOOptions, FPOOptions, IPOOptions
 from divalign.objectives.unpaired import FDOOptions, KTOOptions
-from divalign.trainers.optim import make_optimizer, make_schedule
+from divalign.trainers.optim import Optimization
 
 
 @dataclass
@@ -116,13 +116,8 @@ class Encoded:
     group: int
 
     def batch(self, rows: list[int], pad_id: int) -> SequenceBatch:
-        prompt_ids, prompt_mask = left_pad([self.prompts[i] for i in rows], pad_id)
-        width = max(len(self.responses[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, i in enumerate(rows):
-            ids[j, : len(self.responses[i])] = torch.tensor(self.responses[i])
-            mask[j, : len(self.responses[i])] = 1
+        prompt_ids, prompt_mask = pad([self.prompts[i] for i in rows], pad_id, left=True)
+        ids, mask = pad([self.responses[i] for i in rows], pad_id)
         return SequenceBatch(torch.cat([prompt_ids, ids], 1), torch.cat([prompt_mask, mask], 1), prompt_ids.shape[1])
 
 
@@ -143,8 +138,15 @@ def sequence_logps(model, data: Encoded, rows: list[int], pad_id: int, fast: boo
 
 
 class PreferenceTrainer:
-    def __init__(self, model, tokenizer, config: PreferenceConfig, train: list[Pair] | list[Unpaired],
-                 reference, eval_items: list[Pair] | list[Unpaired] | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        config: PreferenceConfig,
+        train: list[Pair] | list[Unpaired],
+        reference,
+        eval_items: list[Pair] | list[Unpaired] | None = None,
+    ):
         self.policy, self.tokenizer, self.config = model, tokenizer, config
         self.objective = objectives.get(config.objective)
         self.options = config.objective_options
@@ -157,19 +159,16 @@ class PreferenceTrainer:
         self.ref_logps = None
         if config.precompute_reference:
             self.ref_logps = reference_logps(reference, self.data, tokenizer.pad_token_id, config.fast_path)
-        self.total_steps = config.steps or max(1, int(config.epochs * self.units / config.batch_size + 0.999))
-        self.optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
-        self.scheduler = make_schedule(self.optimizer, config.lr_schedule, config.warmup_steps, self.total_steps)
+        self.total_steps = config.steps or max(1, math.ceil(config.epochs * self.units / config.batch_size))
+        self.optimization = Optimization(model, config, self.total_steps)
         self.state: dict = {}
         self.eval_items = eval_items
 
     def state_dict(self, step: int) -> dict:
-        return {"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "objective_state": self.state}
+        return {"step": step, **self.optimization.state_dict(), "objective_state": self.state}
 
     def load_state_dict(self, state: dict) -> int:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.optimization.load_state_dict(state)
         self.state = state.get("objective_state", {})
         return int(state["step"])
 
@@ -190,8 +189,10 @@ class PreferenceTrainer:
         summed: dict[str, float] = {}
         loss_total = 0.0
         counts = self._counts(units)
+        if self.config.objective == "kto" and len(units) > 1:
+            counts.update(self._kto_reference_point(units))
         for start in range(0, len(units), micro):
-            part = units[start:start + micro]
+            part = units[start : start + micro]
             rows = self._rows(part)
             logps, lengths = sequence_logps(self.policy, self.data, rows, self.tokenizer.pad_token_id, cfg.fast_path)
             ref = self._reference(rows)
@@ -202,13 +203,7 @@ class PreferenceTrainer:
                 summed[key] = summed.get(key, 0.0) + value
         if not self.paired:
             self.state = self.options.next_state(self.state, summed)
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        row = {"step": step + 1, "loss": loss_total, "grad_norm": grad_norm, "lr": lr, **summed}
+        row = {"step": step + 1, "loss": loss_total, **self.optimization.step(), **summed}
         if self.eval_items and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == self.total_steps):
             row.update(self.evaluate(self.eval_items))
         row["step_s"] = time.perf_counter() - t0
@@ -241,23 +236,22 @@ class PreferenceTrainer:
         if self.ref_logps is not None:
             return self.ref_logps[rows]
         with torch.no_grad():
-            return sequence_logps(self.reference, self.data, rows, self.tokenizer.pad_token_id, self.config.fast_path)[0]
+            return sequence_logps(self.reference, self.data, rows, self.tokenizer.pad_token_id, self.config.fast_path)[
+                0
+            ]
 
     def _loss(self, units, logps, lengths, ref, counts):
         if self.paired:
-            batch = PairBatch(logps[0::2], logps[1::2], ref[0::2], ref[1::2], lengths[0::2], lengths[1::2],
-                              **counts)
+            batch = PairBatch(logps[0::2], logps[1::2], ref[0::2], ref[1::2], lengths[0::2], lengths[1::2], **counts)
             return self.objective.loss(batch, self.options)
-        extra = {}
-        if self.config.objective == "kto" and len(units) > 1:
-            extra = self._kto_reference_point(units)
-        batch = UnpairedBatch(logps, ref, self.labels[units], **counts, **extra)
+        batch = UnpairedBatch(logps, ref, self.labels[units], **counts)
         return self.objective.loss(batch, self.options, self.state)
 
     def _kto_reference_point(self, units: list[int]) -> dict:
-        """KTO's z₀ inputs: log-probabilities of each prompt with the *next* example's response (no gradient)."""
-        shifted = Encoded([self.data.prompts[u] for u in units],
-                          [self.data.responses[u] for u in units[1:] + units[:1]], 1)
+        """KTO's z₀ inputs for the whole step: each prompt with the *next* example's response (no gradient)."""
+        shifted = Encoded(
+            [self.data.prompts[u] for u in units], [self.data.responses[u] for u in units[1:] + units[:1]], 1
+        )
         rows = list(range(len(units)))
         pad = self.tokenizer.pad_token_id
         with torch.no_grad():
@@ -283,14 +277,6 @@ def reference_logps(model, data: Encoded, pad_id: int, fast: bool, chunk: int = 
     rows = list(range(len(data.responses)))
     step = max(data.group, chunk - chunk % data.group)
     for start in range(0, len(rows), step):
-        out.append(sequence_logps(model, data, rows[start:start + step], pad_id, fast)[0])
+        out.append(sequence_logps(model, data, rows[start : start + step], pad_id, fast)[0])
     model.train(was_training)
     return torch.cat(out)
-
-
-@torch.no_grad()
-def preference_accuracy(model, tokenizer, pairs: list[Pair], max_length: int, fast: bool = True) -> float:
-    """Fraction of pairs where the model gives the chosen response a higher log-probability than the rejected."""
-    data = encode_dataset(tokenizer, pairs, max_length, paired=True)
-    logps = reference_logps(model, data, tokenizer.pad_token_id, fast)
-    return float((logps[0::2] > logps[1::2]).float().mean())

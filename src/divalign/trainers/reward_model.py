@@ -1,26 +1,25 @@
-"""Bradley–Terry reward model: a scalar head on a causal-LM backbone, trained on preference pairs.
+"""Reward model training: a scalar head on a causal-LM backbone, trained on preference pairs with the
+Bradley–Terry objective (:mod:`divalign.objectives.reward`).
 
 The model is ``AutoModelForSequenceClassification`` with one label, built from a causal-LM folder (the backbone
 keeps its weights, the head starts random) and saved in that format, so transformers loads it back as a
-sequence classifier. It reads the score at the last non-padding token of prompt + response. The loss
-(arXiv 2203.02155, with TRL's optional margin m and centering coefficient c) is
-
-    L = −log σ(r(x, y_w) − r(x, y_l) − m) + c·(r(x, y_w) + r(x, y_l))².
+sequence classifier. It reads the score at the last non-padding token of prompt + response.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from divalign.data.order import EpochOrder
 from divalign.data.preferences import Pair
-from divalign.data.tokens import fit
+from divalign.data.tokens import fit, pad
 from divalign.errors import UserError
-from divalign.trainers.optim import make_optimizer, make_schedule
+from divalign.objectives.reward import BradleyTerryOptions, bradley_terry
+from divalign.trainers.optim import Optimization
 
 
 @dataclass
@@ -91,7 +90,7 @@ def load_reward_model(path, trust_remote_code: bool = False, seed: int = 0):
     """A one-label sequence classifier from a causal-LM or reward-model folder, and its tokenizer."""
     from transformers import AutoModelForSequenceClassification
 
-    from divalign.models import check_causal_lm_folder, load_tokenizer
+    from divalign.models import check_causal_lm_folder, disable_dropout, load_tokenizer
 
     check_causal_lm_folder(path)
     tokenizer = load_tokenizer(path, trust_remote_code)
@@ -99,41 +98,33 @@ def load_reward_model(path, trust_remote_code: bool = False, seed: int = 0):
         torch.manual_seed(seed)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=1, pad_token_id=tokenizer.pad_token_id, trust_remote_code=trust_remote_code,
-                local_files_only=True)
+                path,
+                num_labels=1,
+                pad_token_id=tokenizer.pad_token_id,
+                trust_remote_code=trust_remote_code,
+                local_files_only=True,
+            )
         except (OSError, ValueError, RuntimeError) as exc:
             raise UserError(f"'{path}': cannot build a reward model ({str(exc).splitlines()[0]})") from None
+    disable_dropout(model)
     return model, tokenizer
 
 
-def encode_texts(tokenizer, prompts: list[str], responses: list[str], max_length: int) -> tuple[torch.Tensor,
-                                                                                                   torch.Tensor]:
+def encode_texts(
+    tokenizer, prompts: list[str], responses: list[str], max_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded prompt + response ids and attention mask; prompts lose their first tokens if too long."""
     rows = []
     for prompt, response in zip(prompts, responses):
-        p, r = fit(tokenizer(prompt)["input_ids"], tokenizer(response, add_special_tokens=False)["input_ids"],
-                   max_length)
+        p, r = fit(
+            tokenizer(prompt)["input_ids"], tokenizer(response, add_special_tokens=False)["input_ids"], max_length
+        )
         rows.append(p + r)
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return ids, mask
+    return pad(rows, tokenizer.pad_token_id)
 
 
 def scores(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, 0].float()
-
-
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: float = 0.0, center: float = 0.0,
-                       num_pairs: int | None = None) -> torch.Tensor:
-    """Mean over the whole batch (``num_pairs``) of −log σ(r_w − r_l − m) + c·(r_w + r_l)²."""
-    per_pair = -F.logsigmoid(chosen - rejected - margin)
-    if center:
-        per_pair = per_pair + center * (chosen + rejected) ** 2
-    return per_pair.sum() / (num_pairs or len(per_pair))
 
 
 class RewardModelTrainer:
@@ -141,16 +132,15 @@ class RewardModelTrainer:
         self.policy, self.tokenizer, self.config = model, tokenizer, config
         self.pairs, self.eval_pairs = train, eval_pairs
         self.order = EpochOrder(len(train), f"rm-{config.seed}")
-        self.total_steps = config.steps or max(1, int(config.epochs * len(train) / config.batch_size + 0.999))
-        self.optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
-        self.scheduler = make_schedule(self.optimizer, config.lr_schedule, config.warmup_steps, self.total_steps)
+        self.total_steps = config.steps or max(1, math.ceil(config.epochs * len(train) / config.batch_size))
+        self.optimization = Optimization(model, config, self.total_steps)
+        self.options = BradleyTerryOptions(config.margin, config.center_rewards_coefficient)
 
     def state_dict(self, step: int) -> dict:
-        return {"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        return {"step": step, **self.optimization.state_dict()}
 
     def load_state_dict(self, state: dict) -> int:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.optimization.load_state_dict(state)
         return int(state["step"])
 
     def _pair_scores(self, model, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,22 +156,15 @@ class RewardModelTrainer:
         self.policy.train()
         pairs = [self.pairs[i] for i in self.order.take(step * cfg.batch_size, cfg.batch_size)]
         micro = cfg.micro_batch_size or len(pairs)
-        loss_total, correct, margin = 0.0, 0.0, 0.0
+        loss_total, summed = 0.0, {}
         for start in range(0, len(pairs), micro):
-            chosen, rejected = self._pair_scores(self.policy, pairs[start:start + micro])
-            loss = bradley_terry_loss(chosen, rejected, cfg.margin, cfg.center_rewards_coefficient, len(pairs))
+            chosen, rejected = self._pair_scores(self.policy, pairs[start : start + micro])
+            loss, metrics = bradley_terry(chosen, rejected, self.options, len(pairs))
             loss.backward()
             loss_total += float(loss.item())
-            correct += float((chosen > rejected).sum())
-            margin += float((chosen - rejected).detach().sum())
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        row = {"step": step + 1, "loss": loss_total, "accuracy": correct / len(pairs), "margin": margin / len(pairs),
-               "grad_norm": grad_norm, "lr": lr}
+            for key, value in metrics.items():
+                summed[key] = summed.get(key, 0.0) + value
+        row = {"step": step + 1, "loss": loss_total, **summed, **self.optimization.step()}
         if self.eval_pairs and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == self.total_steps):
             row["eval_accuracy"] = self.evaluate(self.eval_pairs)
         row["step_s"] = time.perf_counter() - t0
@@ -194,7 +177,7 @@ class RewardModelTrainer:
         self.policy.eval()
         total = 0.0
         for start in range(0, len(pairs), chunk):
-            chosen, rejected = self._pair_scores(self.policy, pairs[start:start + chunk])
+            chosen, rejected = self._pair_scores(self.policy, pairs[start : start + chunk])
             total += float((chosen > rejected).sum() + 0.5 * (chosen == rejected).sum())
         self.policy.train(was_training)
         return total / len(pairs)
@@ -202,6 +185,7 @@ class RewardModelTrainer:
 
 def length_baseline_accuracy(pairs: list[Pair]) -> float:
     """Accuracy of "the longer response is preferred" (characters; ties count half)."""
-    wins = sum(1.0 if len(p.chosen) > len(p.rejected) else 0.5 if len(p.chosen) == len(p.rejected) else 0.0
-               for p in pairs)
+    wins = sum(
+        1.0 if len(p.chosen) > len(p.rejected) else 0.5 if len(p.chosen) == len(p.rejected) else 0.0 for p in pairs
+    )
     return wins / len(pairs)

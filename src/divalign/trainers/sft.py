@@ -20,7 +20,7 @@ from divalign.data.order import EpochOrder
 from divalign.data.sft import Chat, Demonstration, render
 from divalign.data.tokens import fit
 from divalign.models import segment_logprobs
-from divalign.trainers.optim import make_optimizer, make_schedule
+from divalign.trainers.optim import Optimization
 
 
 @dataclass
@@ -96,7 +96,7 @@ def tokenize(tokenizer, items: list[Demonstration | Chat], max_length: int) -> l
     for item in items:
         prompt, completion, templated = render(tokenizer, item)
         prompt_ids = tokenizer(prompt, add_special_tokens=not templated)["input_ids"]
-        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + ([] if templated else [eos])
         fitted_prompt, fitted_completion = fit(prompt_ids, completion_ids, max_length)
         cut += len(fitted_prompt) + len(fitted_completion) < len(prompt_ids) + len(completion_ids)
         out.append(Tokenized(fitted_prompt + fitted_completion, len(fitted_prompt)))
@@ -128,9 +128,9 @@ def build_rows(examples: list[Tokenized], pad_id: int, max_length: int, packing:
         at = 0
         for s, ex in enumerate(row, start=1):
             n = len(ex.ids)
-            ids[r, at:at + n] = torch.tensor(ex.ids)
-            segments[r, at:at + n] = s
-            targets[r, at + ex.completion_start:at + n] = 1.0
+            ids[r, at : at + n] = torch.tensor(ex.ids)
+            segments[r, at : at + n] = s
+            targets[r, at + ex.completion_start : at + n] = 1.0
             at += n
     return Rows(ids, segments, targets[:, 1:])
 
@@ -144,27 +144,44 @@ def sft_loss_terms(model, rows: Rows, fast: bool = True) -> tuple[torch.Tensor, 
 class SFTTrainer:
     """Optimizer steps over seeded epochs of (optionally packed) rows; ``step`` is a pure function of the step."""
 
-    def __init__(self, model, tokenizer, items: list[Demonstration | Chat], config: SFTConfig,
-                 eval_items: list[Demonstration | Chat] | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        items: list[Demonstration | Chat],
+        config: SFTConfig,
+        eval_items: list[Demonstration | Chat] | None = None,
+    ):
         self.policy, self.tokenizer, self.config = model, tokenizer, config
         self.examples = tokenize(tokenizer, items, config.max_length)
         self.order = EpochOrder(len(self.examples), f"sft-{config.seed}")
-        self.eval_examples = tokenize(tokenizer, eval_items, config.max_length) if eval_items else None
-        self.total_steps = config.steps or max(1, math.ceil(config.epochs * self._rows_per_epoch(0)
-                                                            / config.batch_size))
-        self.optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
-        self.scheduler = make_schedule(self.optimizer, config.lr_schedule, config.warmup_steps, self.total_steps)
         self._epoch_rows: dict[int, Rows] = {}
+        self._row_counts: dict[int, int] = {}
+        self.eval_examples = tokenize(tokenizer, eval_items, config.max_length) if eval_items else None
+        self.total_steps = config.steps or max(
+            1, math.ceil(config.epochs * self._rows_per_epoch(0) / config.batch_size)
+        )
+        self.optimization = Optimization(model, config, self.total_steps)
 
     def _rows(self, epoch: int) -> Rows:
+        """The rows of one epoch (the latest one built is kept; row counts of all built epochs are kept)."""
         if epoch not in self._epoch_rows:
             order = self.order.permutation(epoch)
-            self._epoch_rows = {epoch: build_rows([self.examples[i] for i in order], self.tokenizer.pad_token_id,
-                                                  self.config.max_length, self.config.packing)}
+            self._epoch_rows = {
+                epoch: build_rows(
+                    [self.examples[i] for i in order],
+                    self.tokenizer.pad_token_id,
+                    self.config.max_length,
+                    self.config.packing,
+                )
+            }
+            self._row_counts[epoch] = self._epoch_rows[epoch].input_ids.shape[0]
         return self._epoch_rows[epoch]
 
     def _rows_per_epoch(self, epoch: int) -> int:
-        return self._rows(epoch).input_ids.shape[0]
+        if epoch not in self._row_counts:
+            self._rows(epoch)
+        return self._row_counts[epoch]
 
     def _batch(self, step: int) -> Rows:
         """Rows of ``step``: consecutive rows of the seeded epochs, wrapping into the next epoch."""
@@ -176,23 +193,29 @@ class SFTTrainer:
                 epoch += 1
             rows = self._rows(epoch)
             take = min(need, rows.input_ids.shape[0] - index)
-            picked.append(Rows(rows.input_ids[index:index + take], rows.segment_ids[index:index + take],
-                               rows.loss_mask[index:index + take]))
+            picked.append(
+                Rows(
+                    rows.input_ids[index : index + take],
+                    rows.segment_ids[index : index + take],
+                    rows.loss_mask[index : index + take],
+                )
+            )
             need, k = need - take, k + take
         width = max(p.input_ids.shape[1] for p in picked)
         pad_id = self.tokenizer.pad_token_id
 
         pad = torch.nn.functional.pad
-        return Rows(torch.cat([pad(p.input_ids, (0, width - p.input_ids.shape[1]), value=pad_id) for p in picked]),
-                    torch.cat([pad(p.segment_ids, (0, width - p.segment_ids.shape[1])) for p in picked]),
-                    torch.cat([pad(p.loss_mask, (0, width - 1 - p.loss_mask.shape[1])) for p in picked]))
+        return Rows(
+            torch.cat([pad(p.input_ids, (0, width - p.input_ids.shape[1]), value=pad_id) for p in picked]),
+            torch.cat([pad(p.segment_ids, (0, width - p.segment_ids.shape[1])) for p in picked]),
+            torch.cat([pad(p.loss_mask, (0, width - 1 - p.loss_mask.shape[1])) for p in picked]),
+        )
 
     def state_dict(self, step: int) -> dict:
-        return {"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        return {"step": step, **self.optimization.state_dict()}
 
     def load_state_dict(self, state: dict) -> int:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.optimization.load_state_dict(state)
         return int(state["step"])
 
     def step(self, step: int) -> dict:
@@ -204,21 +227,19 @@ class SFTTrainer:
         micro = cfg.micro_batch_size or batch.input_ids.shape[0]
         loss_total = 0.0
         for start in range(0, batch.input_ids.shape[0], micro):
-            part = Rows(batch.input_ids[start:start + micro], batch.segment_ids[start:start + micro],
-                        batch.loss_mask[start:start + micro])
+            part = Rows(
+                batch.input_ids[start : start + micro],
+                batch.segment_ids[start : start + micro],
+                batch.loss_mask[start : start + micro],
+            )
             nll, _ = sft_loss_terms(self.policy, part, cfg.fast_path)
             loss = nll / tokens
             loss.backward()
             loss_total += float(loss.item())
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        row = {"step": step + 1, "loss": loss_total, "tokens": int(tokens.item()), "grad_norm": grad_norm, "lr": lr}
-        if self.eval_examples and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0)
-                                   or step + 1 == self.total_steps):
+        row = {"step": step + 1, "loss": loss_total, "tokens": int(tokens.item()), **self.optimization.step()}
+        if self.eval_examples and (
+            (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == self.total_steps
+        ):
             row.update(self.evaluate())
         row["step_s"] = time.perf_counter() - t0
         return row
@@ -231,8 +252,11 @@ class SFTTrainer:
         rows = build_rows(self.eval_examples, self.tokenizer.pad_token_id, self.config.max_length, packing=False)
         nll, count = 0.0, 0.0
         for start in range(0, rows.input_ids.shape[0], 64):
-            part = Rows(rows.input_ids[start:start + 64], rows.segment_ids[start:start + 64],
-                        rows.loss_mask[start:start + 64])
+            part = Rows(
+                rows.input_ids[start : start + 64],
+                rows.segment_ids[start : start + 64],
+                rows.loss_mask[start : start + 64],
+            )
             s, c = sft_loss_terms(self.policy, part, self.config.fast_path)
             nll, count = nll + float(s), count + float(c)
         self.policy.train(was_training)
