@@ -178,3 +178,15 @@ def test_preference_cli_bad_input_and_a_real_run(tmp_path, tiny_model_dir):
     assert "pairs.jsonl:2" in proc.stderr and (out / "model" / "model.safetensors").exists()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and "reward_accuracy" in rows[0]
+
+
+def test_pairs_cut_to_length_keep_one_shared_prompt(tiny_model_dir):
+    from divalign.trainers.preference import encode_dataset
+
+    _, tok = load_causal_lm(tiny_model_dir)
+    pairs = [Pair("1234567890+1234567890=", "1", "2" * 30), Pair("12=", "3" * 40, "4")]
+    data = encode_dataset(tok, pairs, max_length=16, paired=True)
+    for i in (0, 2):
+        assert data.prompts[i] == data.prompts[i + 1]
+        assert all(len(data.prompts[j]) + len(data.responses[j]) <= 16 for j in (i, i + 1))
+    assert data.prompts[0][-1] == tok("=", add_special_tokens=False)["input_ids"][0]  # kept the end of the prompt

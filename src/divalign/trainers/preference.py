@@ -122,12 +122,23 @@ class Encoded:
 
 
 def encode(tokenizer, prompts: list[str], responses: list[str], max_length: int, group: int) -> Encoded:
-    """Token ids of each (prompt, response + end-of-sequence), cut to ``max_length`` by :func:`fit`."""
+    """Token ids of each (prompt, response + end-of-sequence), cut to ``max_length`` by :func:`fit`.
+
+    The ``group`` responses of a prompt keep the same (shortest needed) prompt cut, so they can share one prompt
+    forward pass.
+    """
     eos = tokenizer.eos_token_id
     p_ids = [tokenizer(p)["input_ids"] for p in prompts]
     r_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [eos] for r in responses]
-    fitted = [fit(p, r, max_length) for p, r in zip(p_ids, r_ids)]
-    return Encoded([p for p, _ in fitted], [r for _, r in fitted], group)
+    out_p, out_r = [], []
+    for start in range(0, len(p_ids), group):
+        rows = range(start, start + group)
+        keep = min(len(fit(p_ids[i], r_ids[i], max_length)[0]) for i in rows)
+        for i in rows:
+            prompt = p_ids[i][len(p_ids[i]) - keep:]
+            out_p.append(prompt)
+            out_r.append(r_ids[i][: max_length - len(prompt)])
+    return Encoded(out_p, out_r, group)
 
 
 def sequence_logps(model, data: Encoded, rows: list[int], pad_id: int, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
