@@ -44,6 +44,19 @@ def _rm(args):
     rm.run(_config(RMConfig, args))
 
 
+def _eval(args):
+    from divalign.commands import eval as evaluation
+
+    evaluation.run(_config(evaluation.EvalConfig, args))
+
+
+def _report(args):
+    from divalign.report import ReportConfig, write_report
+
+    path = write_report(args.runs, _config(ReportConfig, args))
+    print(f"wrote {path}")
+
+
 def _demo(args):
     from divalign.commands import demo
 
@@ -61,6 +74,8 @@ def _config(cls, args):
 
 def build_parser() -> argparse.ArgumentParser:
     from divalign.commands.demo import DemoConfig
+    from divalign.commands.eval import EvalConfig
+    from divalign.report import ReportConfig
     from divalign.trainers.online import RLConfig
     from divalign.trainers.preference import PreferenceConfig
     from divalign.trainers.reward_model import RMConfig
@@ -80,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=None, metavar="YAML", help="YAML file of options (flags override it)")
         add_arguments(p, cls)
         p.set_defaults(handler=handler)
+        return p
 
     command("demo", DemoConfig, _demo, "SFT warm-up, then f-GRPO, then evaluation, on a tiny model, on CPU")
     command("sft", SFTConfig, _sft, "supervised fine-tuning on prompt/completion or chat data")
@@ -91,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         "offline alignment: DPO, IPO, f-DPO, f-PO on pairs; FDO (KLDO, BCO, HDO), KTO on unpaired data",
     )
     command("rl", RLConfig, _rl, "online RL (GRPO, f-GRPO) on a model folder")
+    command("eval", EvalConfig, _eval, "evaluate a model: task accuracy, reward, KL, perplexity, win rate, safety")
+    report = command("report", ReportConfig, _report, "one self-contained HTML page comparing run folders")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by divalign")
     return parser
 
 

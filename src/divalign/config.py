@@ -183,7 +183,7 @@ def from_args(cls, args: argparse.Namespace, config_path: str | None = None):
     values = read_yaml(config_path) if config_path else {}
     where = str(config_path) if config_path else "config"
     for dotted, value in vars(args).items():
-        if dotted in ("config", "command", "handler"):
+        if dotted in ("config", "command", "handler", "runs"):
             continue
         _set_dotted(values, dotted, value, where)
     return build(cls, values, where)

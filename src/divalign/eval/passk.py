@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from divalign.data.prompts import Example
-from divalign.generation import make_sampler
+from divalign.eval.generations import Decoding, GenerationCache, generate
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -20,54 +18,30 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
-@torch.no_grad()
-def evaluate(
-    model,
-    tokenizer,
-    examples: list[Example],
-    reward_fn,
-    *,
-    max_new_tokens: int,
-    k: int = 8,
-    samples: int | None = None,
-    temperature: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 512,
-    fast: bool = True,
-) -> dict:
+def evaluate(model, tokenizer, examples: list[Example], reward_fn, *, max_new_tokens: int, k: int = 8,
+             samples: int | None = None, temperature: float = 1.0, seed: int = 0, batch_size: int = 512,
+             cache: GenerationCache | None = None, model_id: str = "model", show_progress: bool = False) -> dict:
     """Greedy pass@1, sampled pass@k (``samples`` ≥ k draws per prompt) and mean sampled reward.
 
-    ``reward_fn`` scores a batch: ``reward_fn(prompts, completions, answers)`` (see :mod:`divalign.rewards`).
+    ``reward_fn`` scores a batch: ``reward_fn(prompts, completions, answers)`` (see :mod:`divalign.rewards`); a
+    reward ≥ 1 counts as correct. Generations can be cached (``cache``) so an interrupted evaluation resumes.
     """
     samples = samples or k
-    was_training = model.training
-    model.eval()
-    sampler = make_sampler(model, tokenizer, fast=fast)
-    prompts = [tokenizer(ex.prompt)["input_ids"] for ex in examples]
-    greedy_rewards, lengths = [], []
-    for start in range(0, len(examples), batch_size):
-        rollout = sampler.generate(prompts[start : start + batch_size], max_new_tokens, greedy=True)
-        texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-        chunk = examples[start : start + batch_size]
-        greedy_rewards += reward_fn([ex.prompt for ex in chunk], texts, [ex.answer for ex in chunk])
-        lengths += rollout.lengths.tolist()
-    generator = torch.Generator().manual_seed(seed)
-    sampled_rewards = []
-    per_batch = max(1, batch_size // samples)
-    for start in range(0, len(examples), per_batch):
-        chunk = examples[start : start + per_batch]
-        ids = [p for p in prompts[start : start + per_batch] for _ in range(samples)]
-        rollout = sampler.generate(ids, max_new_tokens, temperature, generator=generator)
-        texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-        answers = [ex.answer for ex in chunk for _ in range(samples)]
-        sampled_rewards += reward_fn([ex.prompt for ex in chunk for _ in range(samples)], texts, answers)
-    model.train(was_training)
-    correct = [sum(r >= 1.0 for r in sampled_rewards[i * samples : (i + 1) * samples]) for i in range(len(examples))]
+    prompts = [ex.prompt for ex in examples]
+    answers = [ex.answer for ex in examples]
+    common = {"cache": cache, "model_id": model_id, "batch_size": batch_size, "show_progress": show_progress}
+    greedy = generate(model, tokenizer, prompts, Decoding(max_new_tokens, greedy=True), desc="greedy", **common)
+    greedy_rewards = reward_fn(prompts, [g["response"] for g in greedy], answers)
+    sampled = generate(model, tokenizer, prompts, Decoding(max_new_tokens, greedy=False, temperature=temperature,
+                                                           seed=seed), samples=samples, desc="sampled", **common)
+    sampled_rewards = reward_fn([p for p in prompts for _ in range(samples)], [s["response"] for s in sampled],
+                                [a for a in answers for _ in range(samples)])
+    correct = [sum(r >= 1.0 for r in sampled_rewards[i * samples:(i + 1) * samples]) for i in range(len(examples))]
     n = len(examples)
     return {
         "pass1_greedy": sum(r >= 1.0 for r in greedy_rewards) / n,
         f"pass{k}": sum(pass_at_k(samples, c, k) for c in correct) / n,
         "reward_mean": sum(sampled_rewards) / len(sampled_rewards),
-        "greedy_length": sum(lengths) / n,
+        "greedy_length": sum(g["tokens"] for g in greedy) / n,
         "num_problems": n,
     }

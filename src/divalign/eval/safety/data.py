@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from divalign.data.preferences import read_hh_rlhf
 from divalign.data.records import read_records, require_fields
 from divalign.paths import resolve
 
@@ -61,8 +60,10 @@ def jailbreak_templates(families: tuple[str, ...] = ("gptfuzzer", "gptfuzzer-sho
 def benign_prompts(subset: str = "helpful-base", limit: int | None = None) -> list[str]:
     """First human turns of HH-RLHF helpful dialogues: ordinary requests a model should not refuse."""
     prompts, seen = [], set()
-    for pair in read_hh_rlhf(f"data:hh_rlhf/{subset}/test.jsonl.gz"):
-        first = pair.prompt.split("\n\nHuman:", 2)[1].split("\n\nAssistant:", 1)[0].strip()
+    records = read_records(f"data:hh_rlhf/{subset}/test.jsonl.gz")
+    require_fields(records, {"chosen": str})
+    for record in records:
+        first = record.data["chosen"].split("\n\nHuman:", 2)[1].split("\n\nAssistant:", 1)[0].strip()
         if first and first not in seen:
             seen.add(first)
             prompts.append(first)
