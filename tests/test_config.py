@@ -46,21 +46,24 @@ def test_config_errors_name_file_and_key(tmp_path):
 
 
 def test_every_option_has_a_docstring():
-    from divalign.objectives.fgrpo import FGRPOOptions
-    from divalign.objectives.grpo import GRPOOptions
+    import dataclasses
+    import typing
+
+    from divalign import objectives
+    from divalign.commands.demo import DemoConfig
+    from divalign.commands.eval import EvalConfig
+    from divalign.report import ReportConfig
     from divalign.tasks.arithmetic import ArithmeticConfig
+    from divalign.trainers.preference import PreferenceConfig
+    from divalign.trainers.reward_model import RMConfig
+    from divalign.trainers.sft import SFTConfig
 
-    for cls in (RLConfig, FGRPOOptions, GRPOOptions, ArithmeticConfig):
-        docs = field_docs(cls)
-        import dataclasses
-
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.name not in docs
-            and not dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None)
-            and f.name not in ("grpo", "fgrpo", "arithmetic")
-        ]
+    classes = [RLConfig, SFTConfig, RMConfig, PreferenceConfig, EvalConfig, DemoConfig, ReportConfig, ArithmeticConfig]
+    classes += [objectives.get(name).options for name in objectives.names()]
+    for cls in classes:
+        docs, hints = field_docs(cls), typing.get_type_hints(cls)
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.init and not dataclasses.is_dataclass(hints[f.name]) and f.name not in docs]
         assert not missing, (cls.__name__, missing)
 
 

@@ -230,11 +230,12 @@ def packed_logits(model, input_ids: Tensor, positions: Tensor, allowed: Tensor) 
     return rms_norm(hidden, w.final_gain, w.eps) @ w.lm_head
 
 
-def completion_logits(
+def completion_hidden(
     model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1
-) -> Tensor:
-    """Logits predicting each completion token (B, T, vocab) for prompts of ``prompt_length`` columns followed
-    by completions; with ``group_size`` G the rows come in groups of G sharing one prompt, run once."""
+) -> tuple[Tensor, Weights]:
+    """Final-norm hidden states at the positions that predict each completion token, (B, T, hidden), for prompts
+    of ``prompt_length`` columns followed by completions; with ``group_size`` G the rows come in groups of G
+    sharing one prompt, run once. Also returns the weights, for :func:`logits_of`."""
     w = weights(model)
     total = input_ids.shape[1]
     cos_t, sin_t = rope_tables(w, total + 1, input_ids.device)
@@ -263,7 +264,11 @@ def completion_logits(
                 start=start,
             )
             hidden = torch.cat([first, rest], dim=1)
-    return rms_norm(hidden, w.final_gain, w.eps) @ w.lm_head
+    return rms_norm(hidden, w.final_gain, w.eps), w
+
+
+def logits_of(hidden: Tensor, w: Weights) -> Tensor:
+    return hidden @ w.lm_head
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -153,6 +153,13 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+@dataclass
+class CompletionOutput:
+    logprobs: Tensor  #: (B, T) log π(y_t | x, y_<t), fp32, 0 on padding
+    entropy: Tensor | None  #: (B, T) entropy of the next-token distribution (no gradient), when asked
+    hidden: Tensor | None  #: (B, T, hidden) last hidden state at the positions predicting each token, when asked
+
+
 def completion_logprobs(
     model,
     batch: SequenceBatch,
@@ -161,11 +168,27 @@ def completion_logprobs(
     group_size: int = 1,
     fast: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-token log π(y_t | x, y_<t) of the completion tokens, (B, T), in fp32; 0 on padding.
+    """Per-token log π(y_t | x, y_<t) of the completion tokens, (B, T), in fp32, 0 on padding; and the entropy
+    when asked. See :func:`completion_forward`."""
+    out = completion_forward(model, batch, temperature, with_entropy, group_size, fast)
+    return out.logprobs, out.entropy
+
+
+def completion_forward(
+    model,
+    batch: SequenceBatch,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    group_size: int = 1,
+    fast: bool = True,
+    with_hidden: bool = False,
+) -> CompletionOutput:
+    """One forward pass over prompts + completions; the one place log-probabilities of completions come from.
 
     Logits are divided by ``temperature`` so that the result matches the distribution that sampled the
     completions. Only the logits of completion positions are computed. The entropy of the next-token
-    distribution is returned without gradient when asked (a diagnostic, not part of any loss).
+    distribution is computed without gradient when asked (a diagnostic, not part of any loss); the hidden states
+    feed a value head.
 
     With ``group_size`` G > 1, consecutive rows come in groups of G that share one prompt (as in GRPO): the
     prompt then runs once per group and its key-value cache is repeated for the G completions. Gradients reach
@@ -180,10 +203,12 @@ def completion_logprobs(
     mask = batch.completion_mask
     if group_size > 1:
         _check_groups(batch, group_size)
+    hidden = None
     if fast and llama_fast.supports(model):
-        logits = llama_fast.completion_logits(model, batch.input_ids, batch.attention_mask, prompt_len, group_size)
+        hidden, w = llama_fast.completion_hidden(model, batch.input_ids, batch.attention_mask, prompt_len, group_size)
+        logits = llama_fast.logits_of(hidden, w)
     elif group_size > 1 and tokens.shape[1] > 0:
-        logits = _shared_prompt_logits(model, batch, group_size)
+        logits, hidden = _shared_prompt_logits(model, batch, group_size, with_hidden)
     else:
         out = model(
             input_ids=batch.input_ids,
@@ -191,12 +216,16 @@ def completion_logprobs(
             position_ids=position_ids(batch.attention_mask),
             logits_to_keep=tokens.shape[1] + 1,
             use_cache=False,
+            output_hidden_states=with_hidden,
         )
         logits = out.logits[:, :-1]
+        if with_hidden:
+            hidden = out.hidden_states[-1][:, prompt_len - 1 : -1]
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    return logprobs_from_logits(logits, tokens, mask, with_entropy)
+    logp, entropy = logprobs_from_logits(logits, tokens, mask, with_entropy)
+    return CompletionOutput(logp, entropy, hidden if with_hidden else None)
 
 
 def _check_groups(batch: SequenceBatch, group_size: int) -> None:
@@ -207,31 +236,28 @@ def _check_groups(batch: SequenceBatch, group_size: int) -> None:
         raise ValueError(f"rows do not come in groups of {group_size} sharing a prompt")
 
 
-def _shared_prompt_logits(model, batch: SequenceBatch, group_size: int) -> Tensor:
-    """Logits predicting each completion token, running each group's prompt once (see completion_logprobs)."""
+def _shared_prompt_logits(model, batch: SequenceBatch, group_size: int, with_hidden: bool = False):
+    """Logits (and last hidden states) predicting each completion token, running each group's prompt once (see
+    completion_forward)."""
     prompt_len = batch.prompt_length
     prompt_ids = batch.input_ids[::group_size, :prompt_len]
     prompt_mask = batch.attention_mask[::group_size, :prompt_len]
     prompt_pos = position_ids(prompt_mask)
-    out = model(
-        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True, logits_to_keep=1
-    )
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True,
+                logits_to_keep=1, output_hidden_states=with_hidden)
     first = out.logits[:, -1:].repeat_interleave(group_size, 0)
+    first_hidden = out.hidden_states[-1][:, -1:].repeat_interleave(group_size, 0) if with_hidden else None
     completion = batch.input_ids[:, prompt_len:-1]
     if completion.shape[1] == 0:
-        return first
+        return first, first_hidden
     cache = out.past_key_values
     cache.batch_repeat_interleave(group_size)
     offsets = torch.arange(1, completion.shape[1] + 1, device=completion.device)
     pos = prompt_pos[:, -1:].repeat_interleave(group_size, 0) + offsets
-    rest = model(
-        input_ids=completion,
-        attention_mask=batch.attention_mask[:, :-1],
-        position_ids=pos,
-        past_key_values=cache,
-        use_cache=True,
-    )
-    return torch.cat([first, rest.logits], dim=1)
+    rest = model(input_ids=completion, attention_mask=batch.attention_mask[:, :-1], position_ids=pos,
+                 past_key_values=cache, use_cache=True, output_hidden_states=with_hidden)
+    hidden = torch.cat([first_hidden, rest.hidden_states[-1]], dim=1) if with_hidden else None
+    return torch.cat([first, rest.logits], dim=1), hidden
 
 
 def segment_positions(segment_ids: Tensor) -> Tensor:

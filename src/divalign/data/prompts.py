@@ -1,7 +1,8 @@
 """Prompt datasets for online RL: (prompt, answer) examples, served in a seeded order.
 
-``batch(step, size)`` is a pure function of (seed, step), so a resumed run sees exactly the prompts an
-uninterrupted one would, with no iterator state to save.
+``batch(step, size, round)`` is a pure function of (seed, step, round), so a resumed run sees exactly the prompts
+an uninterrupted one would, with no iterator state to save. Round 0 is the step's batch; rounds 1, 2, … are the
+extra prompts dynamic sampling asks for, drawn from a separate seeded order.
 """
 
 from __future__ import annotations
@@ -22,12 +23,19 @@ class Example:
 class DatasetPrompts:
     """A finite list of examples, reshuffled every epoch with a seeded permutation."""
 
+    #: Extra rounds a step may ask for (dynamic sampling); rounds index a separate order.
+    MAX_ROUNDS = 64
+
     def __init__(self, examples: list[Example], seed: int = 0):
         self.examples = examples
         self.order = EpochOrder(len(examples), f"prompts-{seed}")
+        self.extra = EpochOrder(len(examples), f"prompts-extra-{seed}")
 
-    def batch(self, step: int, size: int) -> list[Example]:
-        return [self.examples[i] for i in self.order.take(step * size, size)]
+    def batch(self, step: int, size: int, round: int = 0) -> list[Example]:
+        if round == 0:
+            return [self.examples[i] for i in self.order.take(step * size, size)]
+        start = (step * self.MAX_ROUNDS + round - 1) * size
+        return [self.examples[i] for i in self.extra.take(start, size)]
 
 
 def read_prompt_file(

@@ -63,3 +63,27 @@ def sample_next(
         u = torch.rand((logp.shape[0], 1), generator=generator, device=logp.device).mul_(cdf[:, -1:])
         tokens = torch.searchsorted(cdf, u, right=True).squeeze_(-1).clamp_(max=logp.shape[-1] - 1)
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """Stack rollouts of different prompt and completion widths (prompts re-padded on the left, completions on
+    the right)."""
+    if len(parts) == 1:
+        return parts[0]
+    width_p = max(r.prompt_ids.shape[1] for r in parts)
+    width_c = max(r.completion_ids.shape[1] for r in parts)
+
+    def left(t, width, value):
+        return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
+
+    def right(t, width, value):
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return Rollout(
+        prompt_ids=torch.cat([left(r.prompt_ids, width_p, pad_id) for r in parts]),
+        prompt_mask=torch.cat([left(r.prompt_mask, width_p, 0) for r in parts]),
+        completion_ids=torch.cat([right(r.completion_ids, width_c, pad_id) for r in parts]),
+        completion_mask=torch.cat([right(r.completion_mask, width_c, 0.0) for r in parts]),
+        logprobs=torch.cat([right(r.logprobs, width_c, 0.0) for r in parts]),
+        truncated=torch.cat([r.truncated for r in parts]),
+    )

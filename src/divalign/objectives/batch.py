@@ -30,6 +30,10 @@ class OnlineBatch:
     num_groups: int
     num_tokens: int
     max_length: int  #: completion-token budget (the Dr. GRPO constant)
+    token_advantages: Tensor | None = None  #: (B, T) per-token advantages (PPO's GAE); else ``advantages``
+    values: Tensor | None = None  #: (B, T) value-head predictions, with gradient (PPO)
+    old_values: Tensor | None = None  #: (B, T) value predictions at sampling time (PPO)
+    returns: Tensor | None = None  #: (B, T) GAE returns, the value targets (PPO)
 
     def __post_init__(self):
         self.group_ids, self.local_groups = dense_group_ids(self.group_ids)
@@ -52,3 +56,14 @@ def make_batch(**kwargs) -> OnlineBatch:
     kwargs.setdefault("max_length", mask.shape[1])
     kwargs.setdefault("ref_logprobs", None)
     return OnlineBatch(**kwargs)
+
+
+def rows_of(batch: OnlineBatch, rows, logprobs: Tensor, values: Tensor | None = None) -> OnlineBatch:
+    """The micro-batch ``rows`` of a whole-batch bundle, with the policy's fresh ``logprobs`` (and values)."""
+    pick = (lambda t: None if t is None else t[rows])  # noqa: E731
+    return OnlineBatch(logprobs=logprobs, old_logprobs=batch.old_logprobs[rows], ref_logprobs=pick(batch.ref_logprobs),
+                       mask=batch.mask[rows], advantages=batch.advantages[rows], rewards=batch.rewards[rows],
+                       group_ids=batch.group_ids[rows], num_sequences=batch.num_sequences,
+                       num_groups=batch.num_groups, num_tokens=batch.num_tokens, max_length=batch.max_length,
+                       token_advantages=pick(batch.token_advantages), values=values,
+                       old_values=pick(batch.old_values), returns=pick(batch.returns))

@@ -40,6 +40,7 @@ Every point where the sources disagree is an option (research/algorithms.md §1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -76,6 +77,8 @@ class FGRPOOptions:
     """Constant multiplying the loss (the paper's (1 + 1/beta) factor is one choice)."""
     beta: float = 0.1
     """Scale of the implicit reward r = beta * log(pi/pi_ref); must be > 0."""
+
+    advantage: ClassVar[str] = "group"
 
     def __post_init__(self):
         self.divergence_fn = divergences.by_name(self.divergence, self.alpha)

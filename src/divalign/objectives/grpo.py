@@ -1,4 +1,4 @@
-"""GRPO and its aggregation variants (DAPO, Dr. GRPO) as one clipped-surrogate objective.
+"""GRPO, Dr. GRPO and DAPO: one clipped-surrogate objective with three sets of defaults.
 
 Per token (arXiv 2402.03300, Eq. 3 with the k3 KL estimator):
 
@@ -17,11 +17,22 @@ Deviations and choices:
   (to ~1e-7 in fp32; sampling and training share one fp32 computation) and only its gradient matters (no extra
   forward pass).
 * The KL term is added per token inside the aggregation, as in the paper and TRL.
+
+Presets (registered names sharing :func:`grpo_loss`):
+
+* ``dr_grpo``: advantages r_i − mean(r) without the std division, token sums over the constant
+  responses × completion budget, no KL term (arXiv 2503.20783; TRL ``dr_grpo``, verl
+  ``seq-mean-token-sum-norm``).
+* ``dapo``: clip-higher (ε_low 0.2, ε_high 0.28), token-level mean, no KL term, and the three trainer-side
+  pieces of arXiv 2503.14476 switched on in its options: dynamic sampling (groups whose rewards are all equal
+  are dropped and more prompts sampled until the batch is full, at most ``max_sampling_rounds`` rounds),
+  truncated completions masked out of the loss, and the soft overlong punishment added to the reward.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -44,6 +55,9 @@ class GRPOOptions:
     """Weight of the k3 KL penalty to the reference policy (0 disables it and the reference model)."""
     aggregation: str = "seq_mean_token_mean"
     """seq_mean_token_mean (GRPO), token_mean (DAPO) or seq_mean_token_sum_norm (Dr. GRPO)."""
+
+    #: The advantage estimator the trainer uses unless told otherwise.
+    advantage: ClassVar[str] = "group"
 
     def __post_init__(self):
         check_mode(self.aggregation, "grpo.aggregation")
@@ -75,3 +89,41 @@ def grpo_loss(batch: OnlineBatch, options: GRPOOptions):
         per_token = per_token + options.beta * kl.k3(batch.logprobs, batch.ref_logprobs)
     loss = aggregate(per_token, batch, options.aggregation)
     return loss, metrics
+
+
+@dataclass
+class DrGRPOOptions(GRPOOptions):
+    """Options of the ``dr_grpo`` preset (GRPO options with Dr. GRPO's defaults)."""
+
+    beta: float = 0.0
+    """Weight of the k3 KL penalty (Dr. GRPO uses none)."""
+    aggregation: str = "seq_mean_token_sum_norm"
+    """Token sums over a constant: responses x completion budget."""
+
+    advantage: ClassVar[str] = "group_mean"
+
+
+@dataclass
+class DAPOOptions(GRPOOptions):
+    """Options of the ``dapo`` preset (GRPO options with DAPO's defaults and its trainer-side pieces)."""
+
+    epsilon_high: float = 0.28
+    """Clip-higher: rho is clipped above at 1 + 0.28."""
+    beta: float = 0.0
+    """Weight of the k3 KL penalty (DAPO uses none)."""
+    aggregation: str = "token_mean"
+    """Token-level mean over the batch."""
+    dynamic_sampling: bool = True
+    """Drop groups whose rewards are all equal and sample more prompts until the batch is full."""
+    max_sampling_rounds: int = 4
+    """Sampling rounds per step for dynamic sampling (the batch may stay short after the last)."""
+    mask_truncated: bool = True
+    """Leave completions that hit the token budget out of the loss."""
+    overlong_buffer: int = -1
+    """Soft overlong punishment over the last this many tokens of the budget (-1: a fifth of it, 0: off)."""
+    overlong_factor: float = 1.0
+    """Penalty at the budget."""
+
+
+register("dr_grpo", family="online", options=DrGRPOOptions)(grpo_loss)
+register("dapo", family="online", options=DAPOOptions)(grpo_loss)

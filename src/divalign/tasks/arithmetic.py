@@ -83,9 +83,9 @@ class ArithmeticTask:
             if self.is_eval(example.prompt) == held_out:
                 return example
 
-    def batch(self, step: int, size: int, seed: int = 0) -> list[Example]:
-        """Training prompts for ``step``: a pure function of (seed, step)."""
-        rng = random.Random(f"arithmetic-train-{seed}-{step}")
+    def batch(self, step: int, size: int, seed: int = 0, round: int = 0) -> list[Example]:
+        """Training prompts for ``step`` (and extra ``round`` of dynamic sampling): a pure function of its inputs."""
+        rng = random.Random(f"arithmetic-train-{seed}-{step}" + (f"-{round}" if round else ""))
         return [self._draw_split(rng, held_out=False) for _ in range(size)]
 
     def demonstrations(self, count: int, seed: int = 0) -> list[Example]:
@@ -116,5 +116,5 @@ class TaskPrompts:
     def __init__(self, task: ArithmeticTask, seed: int = 0):
         self.task, self.seed = task, seed
 
-    def batch(self, step: int, size: int) -> list[Example]:
-        return self.task.batch(step, size, self.seed)
+    def batch(self, step: int, size: int, round: int = 0) -> list[Example]:
+        return self.task.batch(step, size, self.seed, round)

@@ -11,9 +11,9 @@ from divalign.errors import UserError
 SCHEDULES = ("constant", "linear", "cosine")
 
 
-def make_optimizer(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
-    """AdamW over trainable parameters; the fused kernel when this torch build has it for the device."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
+    """AdamW over ``params``; the fused kernel when this torch build has it for the device."""
+    params = list(params)
     try:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, fused=True)
     except (RuntimeError, TypeError):
@@ -39,14 +39,16 @@ def make_schedule(optimizer, kind: str, warmup_steps: int, total_steps: int):
 class Optimization:
     """What every trainer does after its backward passes: clip the gradient norm, AdamW step, schedule step.
 
-    ``config`` provides ``learning_rate``, ``weight_decay``, ``lr_schedule``, ``warmup_steps`` and
-    ``max_grad_norm`` (0 disables clipping). ``state_dict`` also holds torch's global RNG, so that a resumed run
+    ``modules``: the model, or a list of modules trained together (a policy and its value head). ``config``
+    provides ``learning_rate``, ``weight_decay``, ``lr_schedule``, ``warmup_steps`` and ``max_grad_norm``
+    (0 disables clipping). ``state_dict`` also holds torch's global RNG, so that a resumed run
     continues bit for bit.
     """
 
-    def __init__(self, model, config, total_steps: int):
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
+    def __init__(self, modules, config, total_steps: int):
+        modules = modules if isinstance(modules, (list, tuple)) else [modules]
+        self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.params, config.learning_rate, config.weight_decay)
         self.scheduler = make_schedule(self.optimizer, config.lr_schedule, config.warmup_steps, total_steps)
         self.max_grad_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
 

@@ -1,0 +1,85 @@
+"""PPO for RLHF with a value head and GAE (Schulman et al., arXiv 1707.06347; InstructGPT, arXiv 2203.02155), as
+TRL's ``PPOTrainer`` sets it up (research/algorithms.md §5.4).
+
+The trainer builds, per token, the KL-penalised reward r_t = −c_KL·kl_t (k1: log π_old − log π_ref, or k3) with
+the sequence's task or reward-model score added at its last token, then GAE(γ, λ) advantages and returns from the
+value head's predictions at sampling time (:func:`divalign.advantages.gae`), whitened over the batch. The loss,
+averaged over completion tokens:
+
+    L_pg = −min(ρ_t·A_t, clip(ρ_t, 1 ± ε)·A_t),   L_v = ½·max((V_t − R_t)², (clip(V_t, V_old ± ε_v) − R_t)²),
+    L = L_pg + c_v·L_v.
+
+The value head is one linear layer on the policy's last hidden state (a shared trunk, unlike TRL's separate
+critic model: one forward pass instead of two); it starts at zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from divalign.errors import UserError
+from divalign.objectives import kl
+from divalign.objectives.aggregation import aggregate, token_share
+from divalign.objectives.batch import OnlineBatch
+from divalign.objectives.registry import register
+
+KL_ESTIMATORS = ("k1", "k3")
+
+
+@dataclass
+class PPOOptions:
+    """Options of ``ppo``."""
+
+    epsilon: float = 0.2
+    """Clip range of the token ratio."""
+    value_epsilon: float = 0.2
+    """Clip range of the value prediction around its value at sampling time."""
+    vf_coef: float = 0.1
+    """Weight c_v of the value loss."""
+    gamma: float = 1.0
+    """Discount of GAE."""
+    lam: float = 0.95
+    """lambda of GAE."""
+    kl_coef: float = 0.05
+    """Weight of the per-token KL penalty in the reward (0: none, no reference model needed)."""
+    kl_estimator: str = "k1"
+    """Per-token KL estimate in the reward: k1 (log-ratio) or k3."""
+    whiten_advantages: bool = True
+    """Normalise advantages to mean 0, std 1 over the batch's tokens."""
+
+    advantage: ClassVar[str] = "gae"
+
+    def __post_init__(self):
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise UserError(f"ppo.kl_estimator: expected one of {', '.join(KL_ESTIMATORS)} (got '{self.kl_estimator}')")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise UserError("ppo.gamma and ppo.lam must be in [0, 1]")
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kl_coef > 0
+
+
+@register("ppo", family="online", options=PPOOptions)
+def ppo_loss(batch: OnlineBatch, options: PPOOptions):
+    if batch.token_advantages is None or batch.values is None:
+        raise ValueError("ppo needs per-token advantages, returns and value predictions")
+    log_ratio = (batch.logprobs - batch.old_logprobs).clamp(-kl.LOG_RATIO_LIMIT, kl.LOG_RATIO_LIMIT)
+    ratio = torch.exp(log_ratio)
+    adv = batch.token_advantages
+    eps = options.epsilon
+    pg = -torch.min(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+    clipped_values = batch.old_values + (batch.values - batch.old_values).clamp(-options.value_epsilon,
+                                                                                options.value_epsilon)
+    vf = 0.5 * torch.max((batch.values - batch.returns) ** 2, (clipped_values - batch.returns) ** 2)
+    pg_loss, vf_loss = aggregate(pg, batch, "token_mean"), aggregate(vf, batch, "token_mean")
+    with torch.no_grad():
+        clipped = ((ratio < 1 - eps) & (adv < 0)) | ((ratio > 1 + eps) & (adv > 0))
+        value_clipped = (batch.values - batch.old_values).abs() > options.value_epsilon
+    metrics = {"policy_loss": float(pg_loss.detach()), "value_loss": float(vf_loss.detach()),
+               "clip_fraction": token_share(clipped.float(), batch),
+               "value_clip_fraction": token_share(value_clipped.float(), batch)}
+    return pg_loss + options.vf_coef * vf_loss, metrics
