@@ -1,10 +1,11 @@
 """GRPO against f-GRPO with each of the six divergences on the arithmetic task, from one SFT start, several seeds.
 
 The SFT start is the demo's: a 1M-parameter 4-layer Llama trained from scratch with SFT on 1,000 worked problems
-(``a±b``, a, b < 100). Every RL run starts from that same model, uses the demo's RL settings (32 prompts × 8
-samples, lr 1e-4, β as below) for ``--steps`` steps, and is scored by greedy pass@1 on the demo's 300 held-out
-problems. The seed changes the prompt order and the sampling. Results go to a JSONL file (one line per run,
-appended, so an interrupted sweep resumes) and a markdown table is printed.
+(``a±b``, a, b < 100; benchmarks/common.py). Every RL run starts from that same model, uses the demo's RL settings
+(32 prompts × 8 samples, lr 1e-4; f-GRPO β 0.1, GRPO β 0.04) for ``--steps`` steps, and is scored by greedy
+pass@1 on the demo's 300 held-out problems (and pass@8, and pass@1 on their hardest third). The seed changes the
+prompt order and the sampling. Results go to a JSONL file (one line per run, appended, so an interrupted sweep
+resumes) and a markdown table is printed.
 
     python benchmarks/fgrpo_quality.py --steps 400 --seeds 0 1 2 --out benchmarks/results/fgrpo_quality.jsonl
 """
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import time
 from pathlib import Path
 
 import torch
+
+from common import arithmetic_scores, demo_sft_model, rl_run
 
 METHODS = [
     ("grpo", None),
@@ -31,88 +32,14 @@ METHODS = [
 ]
 
 
-def sft_start(folder: Path, threads: int) -> Path:
-    """Train (once) the demo's SFT model into ``folder``."""
-    if (folder / "model" / "model.safetensors").exists():
-        return folder / "model"
-    from divalign.charlm import build_char_tokenizer, tiny_llama
-    from divalign.commands.demo import DemoConfig, sft_config
-    from divalign.data.sft import Demonstration
-    from divalign.tasks.arithmetic import ArithmeticTask
-    from divalign.trainers.loop import run_steps
-    from divalign.trainers.sft import SFTTrainer
-
-    torch.set_num_threads(threads)
-    demo = DemoConfig()
-    task = ArithmeticTask()
-    tokenizer = build_char_tokenizer("0123456789+-=")
-    model = tiny_llama(
-        tokenizer,
-        hidden_size=128,
-        intermediate_size=512,
-        num_layers=4,
-        num_heads=4,
-        num_kv_heads=2,
-        max_positions=32,
-        seed=0,
-    )
-    demos = [Demonstration(ex.prompt, ex.answer) for ex in task.demonstrations(demo.demonstrations, seed=0)]
-    trainer = SFTTrainer(model, tokenizer, demos, sft_config(demo, demo.sft_steps))
-    run_steps(trainer, folder, demo.sft_steps, show_progress=False)
-    return folder / "model"
-
-
 def run_one(start: Path, objective: str, divergence: str | None, seed: int, steps: int, work: Path) -> dict:
-    from divalign.commands.demo import MAX_NEW_TOKENS, DemoConfig
-    from divalign.config import build
-    from divalign.eval.passk import evaluate
-    from divalign.models import frozen_copy, load_causal_lm
-    from divalign.tasks.arithmetic import ArithmeticTask, TaskPrompts
-    from divalign.trainers.loop import run_steps
-    from divalign.trainers.online import OnlineTrainer, RLConfig
+    from divalign.commands.demo import DemoConfig
 
-    demo = DemoConfig()
-    options = (
-        {"fgrpo": {"divergence": divergence, "beta": demo.beta}} if objective == "fgrpo" else {"grpo": {"beta": 0.04}}
-    )
-    config = build(
-        RLConfig,
-        {
-            "model": str(start),
-            "task": "arithmetic",
-            "objective": objective,
-            "steps": steps,
-            "prompts_per_step": demo.prompts_per_step,
-            "num_generations": demo.num_generations,
-            "max_new_tokens": MAX_NEW_TOKENS,
-            "learning_rate": demo.rl_learning_rate,
-            "seed": seed,
-            "progress": False,
-            **options,
-        },
-    )
-    task = ArithmeticTask()
-    policy, tokenizer = load_causal_lm(start)
-    trainer = OnlineTrainer(
-        config, policy, tokenizer, TaskPrompts(task, seed), task.reward, reference=frozen_copy(policy)
-    )
-    t0 = time.perf_counter()
-    rows = run_steps(trainer, work, steps, show_progress=False)
-    seconds = time.perf_counter() - t0
-    result = evaluate(
-        policy, tokenizer, task.eval_set(demo.eval_problems), task.reward, max_new_tokens=MAX_NEW_TOKENS, k=8, seed=seed
-    )
-    return {
-        "objective": objective,
-        "divergence": divergence,
-        "seed": seed,
-        "steps": steps,
-        "pass1": result["pass1_greedy"],
-        "pass8": result["pass8"],
-        "train_seconds": seconds,
-        "final_kl": rows[-1].get("kl"),
-        "final_train_reward": rows[-1]["reward_mean"],
-    }
+    options = {"divergence": divergence, "beta": DemoConfig().beta} if objective == "fgrpo" else {"beta": 0.04}
+    policy, tokenizer, rows, seconds = rl_run(start, objective, options, seed, steps, work)
+    return {"objective": objective, "divergence": divergence, "seed": seed, "steps": steps, "train_seconds": seconds,
+            "final_kl": rows[-1].get("kl"), "final_train_reward": rows[-1]["reward_mean"],
+            **arithmetic_scores(policy, tokenizer, seed)}
 
 
 def table(results: list[dict]) -> str:
@@ -142,7 +69,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    start = sft_start(work / "sft", args.threads)
+    start = demo_sft_model(Path("benchmarks/out/demo_sft"), args.threads)
     for seed in args.seeds:
         for objective, divergence in METHODS:
             if any(
@@ -153,10 +80,8 @@ def main() -> None:
                 for r in done
             ):
                 continue
-            run_dir = work / f"{objective}-{divergence or 'none'}-seed{seed}"
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            result = run_one(start, objective, divergence, seed, args.steps, run_dir)
+            result = run_one(start, objective, divergence, seed, args.steps,
+                             work / f"{objective}-{divergence or 'none'}-seed{seed}")
             print(json.dumps(result), flush=True)
             with open(out, "a") as handle:
                 handle.write(json.dumps(result) + "\n")

@@ -118,3 +118,11 @@ def test_prompt_file_errors_name_file_and_line(tmp_path, content, message):
         read_prompt_file(path)
     with pytest.raises(UserError, match="does not exist"):
         read_prompt_file(tmp_path / "missing.jsonl")
+
+
+def test_arithmetic_difficulty_counts_carries_borrows_and_signs():
+    from divalign.tasks.arithmetic import ArithmeticTask
+
+    cases = {"12+34=": 0, "58+67=": 2, "99+1=": 2, "100-1=": 2, "40-61=": 1, "3-5=": 1, "95+5=": 2, "5-3=": 0}
+    for prompt, expected in cases.items():
+        assert ArithmeticTask.difficulty(Example(prompt, "")) == expected, prompt

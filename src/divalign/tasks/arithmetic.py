@@ -7,6 +7,7 @@ from every training batch and from the demonstrations whatever the seed. The rew
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -95,6 +96,27 @@ class ArithmeticTask:
     def eval_set(self, count: int) -> list[Example]:
         """``count`` distinct held-out problems; the same list for every run."""
         return self._distinct(count, random.Random("arithmetic-eval"), held_out=True)
+
+    @staticmethod
+    def difficulty(example: Example) -> int:
+        """Column carries and borrows of the problem worked left to right, plus 1 for each negative intermediate
+        result (e.g. 12+34 → 0, 58+67 → 2, 40−61 → 1, 100−1 → 2). Reports accuracy on the hardest problems."""
+        tokens = re.findall(r"[+*-]|\d+", example.prompt.rstrip("="))
+        value, hard = int(tokens[0]), 0
+        for op, b in zip(tokens[1::2], map(int, tokens[2::2])):
+            if op == "*":
+                value, hard = value * b, hard + len(str(abs(value))) * len(str(b))
+                continue
+            result = value + b if op == "+" else value - b
+            big, small = (max(abs(value), b), min(abs(value), b))
+            if (op == "+") == (value >= 0):  # magnitudes add: carries
+                hard += sum((big % 10 ** (k + 1)) + (small % 10 ** (k + 1)) >= 10 ** (k + 1)
+                            for k in range(len(str(big))))
+            else:  # magnitudes subtract: borrows
+                hard += sum((big % 10 ** (k + 1)) < (small % 10 ** (k + 1)) for k in range(len(str(big))))
+            value = result
+            hard += value < 0
+        return hard
 
     def _distinct(self, count: int, rng: random.Random, held_out: bool) -> list[Example]:
         seen, out = set(), []

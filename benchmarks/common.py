@@ -1,0 +1,84 @@
+"""Pieces the quality benchmarks share: the demo's SFT start, one RL run from it, and its evaluation."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+
+def demo_sft_model(folder: Path, threads: int = 2) -> Path:
+    """Train (once) the demo's SFT model into ``folder``: a 1M-parameter Llama on 1,000 worked problems."""
+    if (folder / "model" / "model.safetensors").exists():
+        return folder / "model"
+    from divalign.charlm import build_char_tokenizer, tiny_llama
+    from divalign.commands.demo import DemoConfig, sft_config
+    from divalign.data.sft import Demonstration
+    from divalign.tasks.arithmetic import ArithmeticTask
+    from divalign.trainers.loop import run_steps
+    from divalign.trainers.sft import SFTTrainer
+
+    torch.set_num_threads(threads)
+    demo = DemoConfig()
+    task = ArithmeticTask()
+    tokenizer = build_char_tokenizer("0123456789+-=")
+    model = tiny_llama(tokenizer, hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4, num_kv_heads=2,
+                       max_positions=32, seed=0)
+    demos = [Demonstration(ex.prompt, ex.answer) for ex in task.demonstrations(demo.demonstrations, seed=0)]
+    trainer = SFTTrainer(model, tokenizer, demos, sft_config(demo, demo.sft_steps))
+    run_steps(trainer, folder, demo.sft_steps, show_progress=False)
+    return folder / "model"
+
+
+def rl_trainer(start: Path, objective: str, options: dict | None, seed: int, steps: int, reward=None,
+               preference=None, **overrides):
+    """An online trainer from ``start`` with the demo's RL settings (and each method's own defaults)."""
+    from divalign.commands.demo import MAX_NEW_TOKENS, DemoConfig
+    from divalign.config import build
+    from divalign.models import frozen_copy, load_causal_lm
+    from divalign.tasks.arithmetic import ArithmeticTask, TaskPrompts
+    from divalign.trainers.online import OnlineTrainer, RLConfig
+
+    demo = DemoConfig()
+    values = {"model": str(start), "task": "arithmetic", "objective": objective, "steps": steps,
+              "prompts_per_step": demo.prompts_per_step, "num_generations": demo.num_generations,
+              "max_new_tokens": MAX_NEW_TOKENS, "learning_rate": demo.rl_learning_rate, "seed": seed,
+              "progress": False, **overrides}
+    if options is not None:
+        values[objective] = options
+    config = build(RLConfig, values)
+    task = ArithmeticTask()
+    policy, tokenizer = load_causal_lm(start)
+    return OnlineTrainer(config, policy, tokenizer, TaskPrompts(task, seed), reward or task.reward,
+                         reference=frozen_copy(policy), preference=preference)
+
+
+def rl_run(start: Path, objective: str, options: dict | None, seed: int, steps: int, work: Path, **kwargs):
+    """One RL run; returns (policy, tokenizer, metrics rows, seconds)."""
+    from divalign.trainers.loop import run_steps
+
+    trainer = rl_trainer(start, objective, options, seed, steps, **kwargs)
+    policy, tokenizer = trainer.policy, trainer.tokenizer
+    if work.exists():
+        shutil.rmtree(work)
+    t0 = time.perf_counter()
+    rows = run_steps(trainer, work, steps, show_progress=False)
+    return policy, tokenizer, rows, time.perf_counter() - t0
+
+
+def arithmetic_scores(policy, tokenizer, seed: int = 0, problems: int = 300) -> dict:
+    """Greedy pass@1 and pass@8 on the demo's held-out problems, and greedy pass@1 on their hardest third
+    (most carries and borrows, :meth:`ArithmeticTask.difficulty`)."""
+    from divalign.commands.demo import MAX_NEW_TOKENS
+    from divalign.eval.passk import evaluate
+    from divalign.tasks.arithmetic import ArithmeticTask
+
+    task = ArithmeticTask()
+    examples = task.eval_set(problems)
+    overall = evaluate(policy, tokenizer, examples, task.reward, max_new_tokens=MAX_NEW_TOKENS, k=8, seed=seed)
+    hardest = sorted(examples, key=lambda e: (task.difficulty(e), abs(int(e.answer))), reverse=True)[: problems // 3]
+    hard = evaluate(policy, tokenizer, hardest, task.reward, max_new_tokens=MAX_NEW_TOKENS, k=1, samples=1,
+                    seed=seed)
+    return {"pass1": overall["pass1_greedy"], "pass8": overall["pass8"], "pass1_hardest_third": hard["pass1_greedy"]}
