@@ -123,7 +123,8 @@ def _term(spec: str, timeout: float) -> Reward:
     if ":" in spec:
         return Bounded(_import(spec), spec, timeout)
     if spec not in BUILTIN:
-        raise UserError(f"unknown reward '{spec}' (expected one of: {', '.join(BUILTIN)}, rm:FOLDER or module:function)")
+        raise UserError(f"unknown reward '{spec}' (expected one of: {', '.join(BUILTIN)}, rm:FOLDER or "
+                        "module:function)")
     return PerSample(BUILTIN[spec], spec)
 
 

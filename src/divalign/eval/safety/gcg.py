@@ -9,8 +9,9 @@ affirmative target ("Sure, here is …"). Each step:
 4. all candidates are scored in one batched forward pass and the best replaces s (only if it lowers L).
 
 Works with any Hugging Face causal LM through ``inputs_embeds``; small models run on CPU in seconds per step.
-The suffix uses only tokens that decode to visible text (no special, byte-fallback or blank tokens). The attack succeeds when the greedy continuation of request + s
-begins with the target (``target_reached``); the caller can also judge the generated text.
+The suffix uses only tokens that decode to visible text (no special, byte-fallback or blank tokens). The attack
+succeeds when the greedy continuation of request + s begins with the target (``target_reached``); the caller can
+also judge the generated text.
 """
 
 from __future__ import annotations
