@@ -314,7 +314,7 @@ def test_rloo_advantages_sum_to_zero_per_group():
 
 
 def test_registry_rejects_unknown_names_and_options():
-    with pytest.raises(UserError, match="unknown objective 'ppo2'.*fgrpo, fpo, grpo"):
+    with pytest.raises(UserError, match="unknown objective 'ppo2'.*fgrpo, fhal, fpo, grpo"):
         objectives.get("ppo2")
     with pytest.raises(UserError, match="unknown option 'epsilon'"):
         objectives.get("grpo").make_options({"epsilon": 0.2})
