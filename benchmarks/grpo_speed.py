@@ -8,6 +8,7 @@ speed hit both alike; the result is the median of the per-step ratios.
 
     pip install -c constraints.txt -e '.[bench]'   # TRL only for this benchmark
     python benchmarks/grpo_speed.py --steps 60
+    python benchmarks/grpo_speed.py --steps 60 --compile   # warm-up steps (compilation) reported apart
 
 Writes a JSON line with the medians to stdout (and to --out if given).
 """
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="divalign compiles its training and scoring forward")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,6 +106,7 @@ def main() -> None:
             "learning_rate": 1e-5,
             "grpo": {"beta": 0.04},
             "progress": False,
+            "compile": args.compile,
         },
     )
     policy, da_tokenizer = load_causal_lm(folder)
@@ -152,6 +155,8 @@ def main() -> None:
         "threads": args.threads,
         "trl_ms_median": 1000 * statistics.median(trl_times[w:]),
         "divalign_ms_median": 1000 * statistics.median(da_times[w:]),
+        "divalign_compile": args.compile,
+        "divalign_warmup_s": round(sum(da_times[:w]), 2),
         "ratio_median": statistics.median(ratios),
         "ratio_p25_p75": [statistics.quantiles(ratios, n=4)[0], statistics.quantiles(ratios, n=4)[2]],
         "divalign_parts_ms": {k: round(v, 2) for k, v in parts.items()},

@@ -230,7 +230,26 @@ def packed_logits(model, input_ids: Tensor, positions: Tensor, allowed: Tensor) 
     return rms_norm(hidden, w.final_gain, w.eps) @ w.lm_head
 
 
+_compiled = {}
+
+
+def enable_compile() -> None:
+    """Run the training and scoring forward (:func:`completion_hidden`) through ``torch.compile`` with dynamic
+    shapes, for this process. The first calls compile (tens of seconds on CPU, again for each model and for
+    grad / no-grad); later calls save part of the per-operation overhead. Decoding stays eager."""
+    if "completion_hidden" not in _compiled:
+        _compiled["completion_hidden"] = torch.compile(_completion_hidden, dynamic=True)
+
+
 def completion_hidden(
+    model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1
+) -> tuple[Tensor, Weights]:
+    """See :func:`_completion_hidden`; compiled after :func:`enable_compile`."""
+    return _compiled.get("completion_hidden", _completion_hidden)(model, input_ids, attention_mask, prompt_length,
+                                                                   group_size)
+
+
+def _completion_hidden(
     model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1
 ) -> tuple[Tensor, Weights]:
     """Final-norm hidden states at the positions that predict each completion token, (B, T, hidden), for prompts

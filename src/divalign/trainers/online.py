@@ -108,6 +108,8 @@ class RLConfig:
     fast_path: bool = True
     """Sample and score Llama-family models through the lean functional path (other models always use their
     Hugging Face forward)."""
+    compile: bool = False
+    """Compile the lean path's training and scoring forward with torch.compile (slow start, faster steps)."""
     trust_remote_code: bool = False
     """Allow model folders that ship their own modelling code."""
     threads: int = 0
@@ -158,6 +160,10 @@ class OnlineTrainer:
         self.options = config.objective_options
         self.estimator = self.options.advantage if config.advantage == "auto" else config.advantage
         self.sampler = make_sampler(policy, tokenizer, fast=config.fast_path)
+        if config.compile:
+            from divalign import llama_fast
+
+            llama_fast.enable_compile()
         self.value_head = None
         modules = [policy]
         if self.estimator == "gae":
