@@ -9,6 +9,7 @@ per-step ratios.
 
     pip install -c constraints.txt -e '.[bench]'
     python benchmarks/dpo_speed.py --steps 60
+    python benchmarks/dpo_speed.py --steps 60 --compile   # warm-up steps (compilation) reported apart
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     return pairs
 
 
-def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: str) -> dict:
+def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: str, compile_forward: bool) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -79,6 +80,7 @@ def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: 
             "precompute_reference": precompute,
             "dpo": {"beta": 0.1},
             "progress": False,
+            "compile": compile_forward,
         },
     )
     trainer = PreferenceTrainer(policy, da_tok, config, [Pair(*p) for p in pairs], frozen_copy(policy))
@@ -113,6 +115,8 @@ def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: 
         "steps_measured": len(ratios),
         "trl_ms_median": 1000 * statistics.median(trl_times[warmup:]),
         "divalign_ms_median": 1000 * statistics.median(da_times[warmup:]),
+        "divalign_compile": compile_forward,
+        "divalign_warmup_s": sum(da_times[:warmup]),
         "ratio_median": statistics.median(ratios),
         "ratio_p25_p75": [q[0], q[2]],
         "setup_s": {"trl": trl_setup, "divalign": da_setup},
@@ -124,6 +128,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="divalign compiles its forward")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -144,7 +149,7 @@ def main() -> None:
         result = {
             "benchmark": "dpo_step_time",
             "threads": args.threads,
-            **run(precompute, args.steps, args.warmup, folder, pairs, workdir),
+            **run(precompute, args.steps, args.warmup, folder, pairs, workdir, args.compile),
         }
         print(json.dumps(result), flush=True)
         if args.out:

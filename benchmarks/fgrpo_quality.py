@@ -18,7 +18,6 @@ import statistics
 from pathlib import Path
 
 import torch
-
 from common import arithmetic_scores, demo_sft_model, rl_run
 
 METHODS = [

@@ -16,7 +16,6 @@ import statistics
 from pathlib import Path
 
 import torch
-
 from common import arithmetic_scores, demo_sft_model, rl_run
 
 
@@ -24,6 +23,19 @@ def methods(divergence: str) -> list[tuple[str, str, dict | None]]:
     return [("GRPO", "grpo", None), ("Dr. GRPO", "dr_grpo", None), ("DAPO", "dapo", None), ("RLOO", "rloo", None),
             ("PPO", "ppo", None), ("DaGRPO", "dagrpo", None),
             (f"f-GRPO ({divergence})", "fgrpo", {"divergence": divergence, "beta": 0.1})]
+
+
+def reused(path: Path, objective: str, options: dict | None, seed: int, steps: int) -> dict | None:
+    """The scores of the same run in fgrpo_quality.py's results (GRPO with its default β, f-GRPO with β 0.1)."""
+    if not path.exists() or objective not in ("grpo", "fgrpo"):
+        return None
+    divergence = (options or {}).get("divergence")
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        same = (r["objective"], r["divergence"], r["seed"], r["steps"]) == (objective, divergence, seed, steps)
+        if same and "pass1_hardest_third" in r:
+            return {k: r[k] for k in ("train_seconds", "pass1", "pass8", "pass1_hardest_third")}
+    return None
 
 
 def table(results: list[dict], names: list[str]) -> str:
@@ -50,6 +62,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="benchmarks/out/online_comparison")
     parser.add_argument("--out", default="benchmarks/results/online_comparison.jsonl")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these objectives (the table shows all)")
+    parser.add_argument("--reuse", default="benchmarks/results/fgrpo_quality.jsonl",
+                        help="results of fgrpo_quality.py: its GRPO and f-GRPO runs have the same settings and are "
+                             "taken from there when present")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work, out = Path(args.work), Path(args.out)
@@ -59,9 +75,19 @@ def main() -> None:
     listed = methods(args.fgrpo_divergence)
     for seed in args.seeds:
         for name, objective, options in listed:
+            if args.only is not None and objective not in args.only:
+                continue
             if any(r["method"] == name and r["seed"] == seed and r["steps"] == args.steps for r in done):
                 continue
-            policy, tokenizer, rows, seconds = rl_run(start, objective, options, seed, args.steps,
+            earlier = reused(Path(args.reuse), objective, options, seed, args.steps)
+            if earlier is not None:
+                result = {"method": name, "objective": objective, "seed": seed, "steps": args.steps,
+                          "reused_from": args.reuse, **earlier}
+                with open(out, "a") as handle:
+                    handle.write(json.dumps(result) + "\n")
+                done.append(result)
+                continue
+            policy, tokenizer, _, seconds = rl_run(start, objective, options, seed, args.steps,
                                                       work / f"{objective}-seed{seed}")
             result = {"method": name, "objective": objective, "seed": seed, "steps": args.steps,
                       "train_seconds": seconds, **arithmetic_scores(policy, tokenizer, seed)}

@@ -38,6 +38,7 @@ def held_out_gap(model, tokenizer, pairs, max_length: int) -> dict:
     per_token = logps / lengths
     return {
         "refusal_preferred": float((logps[0::2] > logps[1::2]).float().mean()),
+        "refusal_preferred_per_token": float((per_token[0::2] > per_token[1::2]).float().mean()),
         "per_token_gap": float((per_token[0::2] - per_token[1::2]).mean()),
     }
 
@@ -56,7 +57,7 @@ def main() -> None:
     from divalign.config import build
     from divalign.convert.llama2c import convert
     from divalign.data.preferences import REFUSALS, advbench_compliance_refusal, as_unpaired
-    from divalign.models import frozen_copy, load_causal_lm
+    from divalign.models import frozen_copy, load_causal_lm, save_model
     from divalign.trainers.preference import PreferenceConfig, PreferenceTrainer
 
     work = Path(args.work)
@@ -100,6 +101,7 @@ def main() -> None:
             trainer.step(step)
         after = held_out_gap(policy, tokenizer, evaluation, max_length)
         name = objective + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
+        save_model(policy, tokenizer, work / "-".join([objective, *map(str, options.values())]))
         result = {
             "method": name,
             "steps": args.steps,

@@ -25,7 +25,6 @@ import statistics
 from pathlib import Path
 
 import torch
-
 from common import demo_sft_model, rl_trainer
 
 PROMPTS_EVAL = 64

@@ -9,10 +9,9 @@ from divalign.models import load_causal_lm
 
 def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
     final = tmp_path / "out"
-    with pytest.raises(RuntimeError):
-        with atomic_directory(final) as tmp:
-            (tmp / "half.bin").write_bytes(b"x")
-            raise RuntimeError("crash while writing")
+    with pytest.raises(RuntimeError), atomic_directory(final) as tmp:
+        (tmp / "half.bin").write_bytes(b"x")
+        raise RuntimeError("crash while writing")
     assert not final.exists() and list(tmp_path.iterdir()) == []
 
 

@@ -10,10 +10,10 @@ import tempfile
 
 import pytest
 import torch
+from trl_dpo_capture import CONFIGS, REFERENCE, capture
 
 from divalign import objectives
 from divalign.objectives import PairBatch
-from trl_dpo_capture import CONFIGS, REFERENCE, capture
 
 F_DIVERGENCE = {
     "reverse_kl": "reverse_kl",

@@ -18,8 +18,8 @@ Every function takes and returns tensors and works elementwise in any floating d
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -144,7 +144,7 @@ class SequenceBatch:
     def completion_mask(self) -> Tensor:
         return self.attention_mask[:, self.prompt_length :]
 
-    def select(self, rows) -> "SequenceBatch":
+    def select(self, rows) -> SequenceBatch:
         return SequenceBatch(self.input_ids[rows], self.attention_mask[rows], self.prompt_length)
 
 

@@ -26,10 +26,10 @@ from divalign.eval.passk import evaluate
 from divalign.models import frozen_copy, param_count
 from divalign.plots import plot_series
 from divalign.tasks.arithmetic import ArithmeticConfig, ArithmeticTask, TaskPrompts
+from divalign.tracking import read_metrics
 from divalign.trainers.loop import run_steps
 from divalign.trainers.online import OnlineTrainer, RLConfig
 from divalign.trainers.sft import SFTConfig, SFTTrainer
-from divalign.tracking import read_metrics
 
 
 @dataclass

@@ -66,8 +66,8 @@ def read_pairs(
     )
 
 
-_TRUE = {True, 1, "1", "true", "True", "yes", "desirable"}
-_FALSE = {False, 0, "0", "false", "False", "no", "undesirable"}
+_TRUE = {True, "1", "true", "True", "yes", "desirable"}
+_FALSE = {False, "0", "false", "False", "no", "undesirable"}
 
 
 def read_unpaired(

@@ -7,9 +7,10 @@ import csv
 import gzip
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from divalign.errors import UserError
 from divalign.paths import resolve

@@ -8,8 +8,9 @@ is this micro-batch's share of the whole-batch value, so a trainer that accumula
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 from divalign.errors import UserError
 

@@ -16,7 +16,8 @@ import importlib
 import signal
 import sys
 import threading
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from divalign.errors import UserError
 from divalign.rewards.numeric import exact_reward, numeric_reward

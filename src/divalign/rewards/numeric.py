@@ -42,7 +42,7 @@ def extract_number(text: str) -> Fraction | None:
     return parse_number(numbers[-1]) if numbers else None
 
 
-def gold_number(answer: str | int | float) -> Fraction | None:
+def gold_number(answer: str | float) -> Fraction | None:
     """The gold number: for GSM8K the text after ``####``; plain numbers are taken as they are."""
     if isinstance(answer, bool):
         return None
@@ -51,13 +51,13 @@ def gold_number(answer: str | int | float) -> Fraction | None:
     return extract_number(answer)
 
 
-def numeric_reward(completion: str, answer: str | int | float) -> float:
+def numeric_reward(completion: str, answer: str | float) -> float:
     """1.0 when the completion's final number equals the gold number, else 0.0."""
     gold = gold_number(answer)
     got = extract_number(completion)
     return 1.0 if gold is not None and got is not None and got == gold else 0.0
 
 
-def exact_reward(completion: str, answer: str | int | float) -> float:
+def exact_reward(completion: str, answer: str | float) -> float:
     """1.0 when the completion, stripped of surrounding whitespace, is exactly the answer."""
     return 1.0 if completion.strip() == str(answer).strip() else 0.0

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from divalign import objectives
+from divalign import llama_fast, objectives
 from divalign.data.order import EpochOrder
 from divalign.data.preferences import Pair, Unpaired
 from divalign.data.tokens import fit, pad
@@ -89,6 +89,8 @@ class PreferenceConfig:
     """Continue the run in output_dir from its latest checkpoint."""
     fast_path: bool = True
     """Run Llama-family models through the lean functional forward."""
+    compile: bool = False
+    """Compile the lean forward with torch.compile (slow start, faster steps)."""
     trust_remote_code: bool = False
     """Allow model folders that ship their own modelling code."""
     threads: int = 0
@@ -167,6 +169,8 @@ class PreferenceTrainer:
         self.units = len(train)  # pairs or examples
         self.order = EpochOrder(self.units, f"preference-{config.seed}")
         self.reference = reference
+        if config.compile:
+            llama_fast.enable_compile()
         self.ref_logps = None
         if config.precompute_reference:
             self.ref_logps = reference_logps(reference, self.data, tokenizer.pad_token_id, config.fast_path)

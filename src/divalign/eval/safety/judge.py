@@ -42,7 +42,7 @@ class Scores:
     recall: float
 
     @staticmethod
-    def of(predicted: list[bool], labels: list[int]) -> "Scores":
+    def of(predicted: list[bool], labels: list[int]) -> Scores:
         tp = sum(p and y == 1 for p, y in zip(predicted, labels))
         fp = sum(p and y == 0 for p, y in zip(predicted, labels))
         fn = sum((not p) and y == 1 for p, y in zip(predicted, labels))
@@ -70,7 +70,7 @@ class Judge:
             return hstack([self.words.fit_transform(texts), self.chars.fit_transform(texts), refusal]).tocsr()
         return hstack([self.words.transform(texts), self.chars.transform(texts), refusal]).tocsr()
 
-    def fit(self, responses: list[str], labels: list[int]) -> "Judge":
+    def fit(self, responses: list[str], labels: list[int]) -> Judge:
         self.model.fit(self._features(responses, fit=True), labels)
         return self
 
