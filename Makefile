@@ -26,3 +26,4 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	$(BIN)/python benchmarks/grpo_speed.py --steps 60
+	$(BIN)/python benchmarks/dpo_speed.py --steps 60

@@ -173,7 +173,8 @@ def report(results: list[dict], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    print("| method | gold reward, start → end | proxy reward, start → end | seeds |\n|---|---|---|---|")
+    print("| method | gold reward, start → end (mean ± std over seeds) | proxy reward, start → end | seeds |\n"
+          "|---|---|---|---|")
     for name in METHODS:
         runs = [r["series"] for r in results if r["method"] == name]
         if not runs:
@@ -182,10 +183,12 @@ def report(results: list[dict], png: Path) -> None:
         for ax, key in zip(axes, ("gold", "proxy")):
             mean = [statistics.fmean(s[i][key] for s in runs) for i in range(len(steps))]
             ax.plot(steps, mean, marker="o", label=name)
-        gold = [s[-1]["gold"] for s in runs]
-        proxy = [s[-1]["proxy"] for s in runs]
-        print(f"| {name} | {runs[0][0]['gold']:.3f} → {statistics.fmean(gold):.3f} ± {spread(gold):.3f} | "
-              f"{runs[0][0]['proxy']:.2f} → {statistics.fmean(proxy):.2f} ± {spread(proxy):.2f} | {len(runs)} |")
+        cells = []
+        for key, digits in (("gold", 3), ("proxy", 2)):
+            first, last = [s[0][key] for s in runs], [s[-1][key] for s in runs]
+            cells.append(f"{statistics.fmean(first):.{digits}f} → {statistics.fmean(last):.{digits}f} ± "
+                         f"{spread(last):.{digits}f}")
+        print(f"| {name} | {cells[0]} | {cells[1]} | {len(runs)} |")
     for ax, key in zip(axes, ("gold reward (exact correctness)", "proxy reward (learned RM)")):
         ax.set_title(key)
         ax.set_xlabel("step")
