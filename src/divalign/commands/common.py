@@ -28,6 +28,20 @@ def create_run_dir(path: Path, config) -> None:
     (path / CONFIG_FILE).write_text(dump_yaml(config))
 
 
+def run_training(trainer, run_dir: str | os.PathLike, config, state: dict | None, total_steps: int,
+          postfix_keys: tuple[str, ...] | None = None) -> list[dict]:
+    """What every training command does once its inputs are checked: create the run folder with its config,
+    restore a checkpoint's ``state`` (``--resume``), and run the steps with the config's checkpointing."""
+    from divalign.trainers.loop import run_steps
+
+    create_run_dir(Path(run_dir), config)
+    start = trainer.load_state_dict(state) if state is not None else 0
+    extra = {"postfix_keys": postfix_keys} if postfix_keys else {}
+    return run_steps(trainer, run_dir, total_steps, start_step=start, save_every=config.save_every,
+                     keep_checkpoints=config.keep_checkpoints, show_progress=config.progress,
+                     resumed=config.resume, **extra)
+
+
 def set_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)

@@ -7,7 +7,7 @@ import random
 import torch
 
 from divalign import objectives
-from divalign.commands.common import check_output_dir, create_run_dir, non_negative, positive, set_threads
+from divalign.commands.common import check_output_dir, non_negative, positive, run_training, set_threads
 from divalign.data.preferences import (
     Pair,
     Unpaired,
@@ -21,7 +21,7 @@ from divalign.data.records import read_records
 from divalign.errors import UserError
 from divalign.models import frozen_copy, load_causal_lm
 from divalign.paths import data_dir
-from divalign.trainers.loop import FINAL_MODEL, resume_point, run_steps
+from divalign.trainers.loop import FINAL_MODEL, resume_point
 from divalign.trainers.preference import PreferenceConfig, PreferenceTrainer
 
 BUILTIN = ("hh-rlhf:harmless-base", "hh-rlhf:helpful-base", "advbench")
@@ -107,16 +107,4 @@ def run(config: PreferenceConfig) -> list[dict]:
     )
     reference.requires_grad_(False).eval()
     trainer = PreferenceTrainer(policy, tokenizer, config, train, reference, held or None)
-    create_run_dir(run_dir, config)
-    start = trainer.load_state_dict(state) if state is not None else 0
-    return run_steps(
-        trainer,
-        run_dir,
-        trainer.total_steps,
-        start_step=start,
-        save_every=config.save_every,
-        keep_checkpoints=config.keep_checkpoints,
-        show_progress=config.progress,
-        resumed=config.resume,
-        postfix_keys=("loss", "reward_accuracy", "eval_accuracy"),
-    )
+    return run_training(trainer, run_dir, config, state, trainer.total_steps, ("loss", "reward_accuracy", "eval_accuracy"))

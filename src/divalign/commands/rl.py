@@ -3,17 +3,15 @@ task or a prompt file."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from divalign import objectives, rewards
-from divalign.commands.common import check_output_dir, create_run_dir, non_negative, positive, set_threads
+from divalign.commands.common import check_output_dir, non_negative, positive, run_training, set_threads
 from divalign.data.prompts import DatasetPrompts, read_prompt_file
 from divalign.errors import UserError
 from divalign.models import frozen_copy, load_causal_lm
 from divalign.tasks.arithmetic import ArithmeticTask, TaskPrompts
-from divalign.trainers.loop import FINAL_MODEL, resume_point, run_steps
+from divalign.trainers.loop import FINAL_MODEL, resume_point
 from divalign.trainers.online import ESTIMATORS, OnlineTrainer, RLConfig
 
 TASKS = ("arithmetic",)
@@ -84,8 +82,4 @@ def run(config: RLConfig) -> list[dict]:
         reference = frozen_copy(policy) if checkpoint is None else \
             load_causal_lm(config.model, trust_remote_code=config.trust_remote_code)[0].requires_grad_(False).eval()
     trainer = OnlineTrainer(config, policy, tokenizer, source, reward_fn, reference, preference)
-    create_run_dir(Path(run_dir), config)
-    start = trainer.load_state_dict(state) if state is not None else 0
-    return run_steps(trainer, run_dir, config.steps, start_step=start, save_every=config.save_every,
-                     keep_checkpoints=config.keep_checkpoints, show_progress=config.progress,
-                     resumed=config.resume)
+    return run_training(trainer, run_dir, config, state, config.steps)

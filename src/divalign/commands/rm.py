@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from divalign.commands.common import check_output_dir, create_run_dir, non_negative, positive, set_threads
+from divalign.commands.common import check_output_dir, non_negative, positive, run_training, set_threads
 from divalign.commands.preference import BUILTIN, builtin_data, split_by_prompt
 from divalign.data.preferences import read_pairs
 from divalign.errors import UserError
-from divalign.trainers.loop import FINAL_MODEL, resume_point, run_steps
+from divalign.trainers.loop import FINAL_MODEL, resume_point
 from divalign.trainers.reward_model import RewardModelTrainer, RMConfig, load_reward_model
 
 
@@ -42,16 +42,4 @@ def run(config: RMConfig) -> list[dict]:
         checkpoint / FINAL_MODEL if checkpoint else config.model, config.trust_remote_code, config.seed
     )
     trainer = RewardModelTrainer(model, tokenizer, config, train, held or None)
-    create_run_dir(run_dir, config)
-    start = trainer.load_state_dict(state) if state is not None else 0
-    return run_steps(
-        trainer,
-        run_dir,
-        trainer.total_steps,
-        start_step=start,
-        save_every=config.save_every,
-        keep_checkpoints=config.keep_checkpoints,
-        show_progress=config.progress,
-        resumed=config.resume,
-        postfix_keys=("loss", "accuracy", "eval_accuracy"),
-    )
+    return run_training(trainer, run_dir, config, state, trainer.total_steps, ("loss", "accuracy", "eval_accuracy"))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from divalign.commands.common import check_output_dir, create_run_dir, non_negative, positive, set_threads
+from divalign.commands.common import check_output_dir, non_negative, positive, run_training, set_threads
 from divalign.data.sft import read_sft, render
 from divalign.errors import UserError
 from divalign.models import load_causal_lm
-from divalign.trainers.loop import FINAL_MODEL, resume_point, run_steps
+from divalign.trainers.loop import FINAL_MODEL, resume_point
 from divalign.trainers.sft import SFTConfig, SFTTrainer
 
 
@@ -32,16 +32,4 @@ def run(config: SFTConfig) -> list[dict]:
     for item in items[:1] + (eval_items or [])[:1]:
         render(tokenizer, item)  # a chat dataset meeting a tokenizer without a template fails here, before writing
     trainer = SFTTrainer(model, tokenizer, items, config, eval_items)
-    create_run_dir(run_dir, config)
-    start = trainer.load_state_dict(state) if state is not None else 0
-    return run_steps(
-        trainer,
-        run_dir,
-        trainer.total_steps,
-        start_step=start,
-        save_every=config.save_every,
-        keep_checkpoints=config.keep_checkpoints,
-        show_progress=config.progress,
-        resumed=config.resume,
-        postfix_keys=("loss", "eval_loss"),
-    )
+    return run_training(trainer, run_dir, config, state, trainer.total_steps, ("loss", "eval_loss"))
