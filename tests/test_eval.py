@@ -107,6 +107,20 @@ def test_generation_cache_resumes_without_regenerating(tiny_model_dir, tmp_path)
     assert length_stats([a["tokens"] for a in again])["length_max"] <= 6
 
 
+def test_a_response_budget_beyond_the_context_keeps_the_prompt(tmp_path):
+    from divalign.charlm import write_tiny_model
+
+    folder = write_tiny_model(tmp_path / "m", hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                              num_kv_heads=1, max_positions=16)
+    model, tok = load_causal_lm(folder)
+    prompt = "12+34="  # shorter than half the context
+    fits = generate(model, tok, [prompt], Decoding(max_new_tokens=4), show_progress=False)[0]
+    beyond = generate(model, tok, [prompt], Decoding(max_new_tokens=48), show_progress=False)[0]
+    # The whole prompt is still seen (greedy answers agree on their first tokens) and the answer fits the context.
+    assert beyond["response"][: len(fits["response"])] == fits["response"]
+    assert len(tok(prompt)["input_ids"]) + beyond["tokens"] <= 16
+
+
 def test_eval_and_report_end_to_end(tmp_path, tiny_model_dir, shared_data):
     out = tmp_path / "eval"
     proc = divalign("eval", "--model", tiny_model_dir, "--output-dir", out, "--task", "arithmetic", "--task-limit",

@@ -75,8 +75,9 @@ def generate(model, tokenizer, prompts: list[str], decoding: Decoding, *, cache:
     keys = [decoding.key(model_id, p, j) for p in prompts for j in range(samples)]
     todo = [i for i in range(len(prompts)) if any(keys[i * samples + j] not in cache.entries for j in range(samples))]
     batch_size = max(1, batch_size // samples)
-    limit = decoding.max_prompt_tokens or getattr(model.config, "max_position_embeddings", 4096) - \
-        decoding.max_new_tokens
+    context = getattr(model.config, "max_position_embeddings", 4096)
+    # Prompts keep their last tokens; a response budget larger than the context never cuts them below half of it.
+    limit = decoding.max_prompt_tokens or max(context // 2, context - decoding.max_new_tokens)
     sampler = make_sampler(model, tokenizer)
     was_training = model.training
     model.eval()
@@ -87,7 +88,8 @@ def generate(model, tokenizer, prompts: list[str], decoding: Decoding, *, cache:
         ids = [tokenizer(render_prompt(tokenizer, prompts[i], prompt_format),
                          add_special_tokens=not templated)["input_ids"][-max(1, limit):] for i in chunk]
         generator = torch.Generator().manual_seed(decoding.seed * 1_000_003 + start)
-        rollout = sampler.generate(ids, decoding.max_new_tokens, decoding.temperature, greedy=decoding.greedy,
+        budget = max(1, min(decoding.max_new_tokens, context - max(map(len, ids))))
+        rollout = sampler.generate(ids, budget, decoding.temperature, greedy=decoding.greedy,
                                    generator=generator, num_samples=samples)
         texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         rows = [(i, j) for i in chunk for j in range(samples)]
