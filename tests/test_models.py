@@ -117,3 +117,29 @@ def test_lean_and_shared_prompt_logprobs_equal_the_hf_forward_in_value_and_gradi
             torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="groups of 3"):
         completion_logprobs(model, batch, group_size=3)
+
+
+@pytest.mark.slow
+def test_compiled_lean_forward_equals_eager_in_value_and_gradient(tiny_model_dir):
+    """``compile: true`` (torch.compile of the lean forward, about a minute on CPU) changes no value or gradient."""
+    from divalign import llama_fast
+    from divalign.generation import make_sampler
+
+    model, tok = load_causal_lm(tiny_model_dir)
+    prompts = [tok(p)["input_ids"] for p in ["12+3=", "45-67="]]
+    batch = make_sampler(model, tok).generate(prompts, 6, generator=torch.Generator().manual_seed(0),
+                                              num_samples=4).sequences()
+    results = []
+    for compiled in (False, True):
+        llama_fast.enable_compile(compiled)
+        try:
+            model.zero_grad()
+            logp, _ = completion_logprobs(model, batch, group_size=4)
+            logp.sum().backward()
+            results.append((logp.detach(), [p.grad.clone() for p in model.parameters()]))
+        finally:
+            llama_fast.enable_compile(False)
+    (eager, eager_grads), (compiled_logp, compiled_grads) = results
+    torch.testing.assert_close(compiled_logp, eager, atol=1e-5, rtol=0)
+    for g, g_ref in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-4)

@@ -233,11 +233,14 @@ def packed_logits(model, input_ids: Tensor, positions: Tensor, allowed: Tensor) 
 _compiled = {}
 
 
-def enable_compile() -> None:
+def enable_compile(enabled: bool = True) -> None:
     """Run the training and scoring forward (:func:`completion_hidden`) through ``torch.compile`` with dynamic
-    shapes, for this process. The first calls compile (tens of seconds on CPU, again for each model and for
-    grad / no-grad); later calls save part of the per-operation overhead. Decoding stays eager."""
-    if "completion_hidden" not in _compiled:
+    shapes, for this process (``enabled=False`` goes back to eager). The first calls compile (tens of seconds on
+    CPU, again for each model and for grad / no-grad); later calls save part of the per-operation overhead.
+    Decoding stays eager."""
+    if not enabled:
+        _compiled.pop("completion_hidden", None)
+    elif "completion_hidden" not in _compiled:
         _compiled["completion_hidden"] = torch.compile(_completion_hidden, dynamic=True)
 
 

@@ -29,7 +29,7 @@ def create_run_dir(path: Path, config) -> None:
 
 
 def run_training(trainer, run_dir: str | os.PathLike, config, state: dict | None, total_steps: int,
-          postfix_keys: tuple[str, ...] | None = None) -> list[dict]:
+                 postfix_keys: tuple[str, ...] | None = None) -> list[dict]:
     """What every training command does once its inputs are checked: create the run folder with its config,
     restore a checkpoint's ``state`` (``--resume``), and run the steps with the config's checkpointing."""
     from divalign.trainers.loop import run_steps
