@@ -97,7 +97,9 @@ def test_fgrpo_token_level_hellinger_hand_value():
 
 def test_fgrpo_gamma_old_adds_the_behaviour_log_ratio():
     # With gamma_old = 1, r = β(logp − ref) + (logp − old); TV canonical: aligned −(σ(r) − ½), unaligned σ(r) − ½.
-    sig = lambda x: 1 / (1 + math.exp(-x))
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+
     r0 = 1.0 * (0.2 + 0.5) + (0.5 + 0.0)
     r1 = 1.0 * 0.2 + 0.0
     expected = (-(sig(r0) - 0.5) + (sig(r1) - 0.5)) / 2

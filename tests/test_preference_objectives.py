@@ -221,7 +221,9 @@ def test_bco_shift_and_its_running_mean():
 def test_kto_hand_value_with_and_without_reference_point():
     beta = 0.4
     logr = [a - b for a, b in zip([-2.0, -3.0, -1.0, -4.0, -2.5], [-2.5, -2.0, -1.5, -3.0, -3.5])]
-    sig = lambda x: 1 / (1 + math.exp(-x))
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+
     for kl, z0 in ((False, 0.0), (True, max(0.0, ((-5.0 + 5.6) + (-4.0 + 4.2)) / 2))):
         expected = (
             sum(1.5 * (1 - sig(beta * (x - z0))) for x in logr[:2])

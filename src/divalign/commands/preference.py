@@ -107,4 +107,5 @@ def run(config: PreferenceConfig) -> list[dict]:
     )
     reference.requires_grad_(False).eval()
     trainer = PreferenceTrainer(policy, tokenizer, config, train, reference, held or None)
-    return run_training(trainer, run_dir, config, state, trainer.total_steps, ("loss", "reward_accuracy", "eval_accuracy"))
+    keys = ("loss", "reward_accuracy", "eval_accuracy")
+    return run_training(trainer, run_dir, config, state, trainer.total_steps, keys)

@@ -60,7 +60,9 @@ def make_batch(**kwargs) -> OnlineBatch:
 
 def rows_of(batch: OnlineBatch, rows, logprobs: Tensor, values: Tensor | None = None) -> OnlineBatch:
     """The micro-batch ``rows`` of a whole-batch bundle, with the policy's fresh ``logprobs`` (and values)."""
-    pick = (lambda t: None if t is None else t[rows])
+    def pick(t):
+        return None if t is None else t[rows]
+
     return OnlineBatch(logprobs=logprobs, old_logprobs=batch.old_logprobs[rows], ref_logprobs=pick(batch.ref_logprobs),
                        mask=batch.mask[rows], advantages=batch.advantages[rows], rewards=batch.rewards[rows],
                        group_ids=batch.group_ids[rows], num_sequences=batch.num_sequences,
