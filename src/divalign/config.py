@@ -46,6 +46,20 @@ def field_docs(cls) -> dict[str, str]:
     return docs
 
 
+def ordered_fields(cls) -> list[dataclasses.Field]:
+    """The init fields of a dataclass in the order --help and config files show them: those the class itself
+    declares (in its source order), then inherited ones (shared options such as the learning rate), then nested
+    option groups."""
+    own = list(inspect.get_annotations(cls if isinstance(cls, type) else type(cls)))
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+
+    def key(f):
+        nested = f.default_factory is not dataclasses.MISSING
+        return (nested, f.name not in own, own.index(f.name) if f.name in own else 0)
+
+    return sorted(fields, key=key)
+
+
 def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -70,9 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> Non
         else parser.add_argument_group(f"{prefix.rstrip('.')} options", (cls.__doc__ or "").strip().splitlines()[0])
     )
     nested = []
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
+    for f in ordered_fields(cls):
         tp = hints[f.name]
         if _is_config(tp):
             nested.append((f.name, tp))
@@ -191,9 +203,7 @@ def from_args(cls, args: argparse.Namespace, config_path: str | None = None):
 
 def to_dict(obj) -> dict:
     out = {}
-    for f in dataclasses.fields(obj):
-        if not f.init:
-            continue
+    for f in ordered_fields(obj):
         value = getattr(obj, f.name)
         out[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else value
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from divalign.checkpoint import atomic_directory, latest_checkpoint, load_state, save_checkpoint
@@ -11,6 +12,24 @@ from divalign.models import save_model
 from divalign.tracking import MetricsLog, progress
 
 FINAL_MODEL = "model"
+
+
+@dataclass
+class RunOptions:
+    """Checkpointing and runtime options every training config has."""
+
+    save_every: int = 0
+    """Checkpoint every this many steps (0: only the final model)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    resume: bool = False
+    """Continue the run in output_dir from its latest checkpoint."""
+    trust_remote_code: bool = False
+    """Allow model folders that ship their own modelling code."""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default)."""
+    progress: bool = True
+    """Show a progress bar on the console."""
 
 
 def resume_point(run_dir: str | os.PathLike) -> tuple[Path | None, dict | None]:

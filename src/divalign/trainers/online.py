@@ -36,12 +36,13 @@ from divalign.objectives.grpo import DAPOOptions, DrGRPOOptions, GRPOOptions
 from divalign.objectives.ppo import PPOOptions
 from divalign.objectives.rloo import RLOOOptions
 from divalign.tasks.arithmetic import ArithmeticConfig
-from divalign.trainers.optim import Optimization
+from divalign.trainers.loop import RunOptions
+from divalign.trainers.optim import Optimization, OptimizerOptions
 from divalign.trainers.rollouts import Collected, collect, step_generator  # noqa: F401  (step_generator: API)
 
 
 @dataclass
-class RLConfig:
+class RLConfig(RunOptions, OptimizerOptions):
     """Online RL with a GRPO-family, PPO, RLOO, f-GRPO or f-HAL objective on a local Hugging Face causal LM."""
 
     model: str = ""
@@ -85,24 +86,8 @@ class RLConfig:
     """Optimizer steps per pass: the batch's groups are split into this many minibatches."""
     micro_batch_prompts: int = 0
     """Prompts per forward/backward micro-batch (0: a whole minibatch at once)."""
-    learning_rate: float = 1e-5
-    """Peak learning rate of AdamW."""
-    lr_schedule: str = "constant"
-    """constant, linear or cosine (after warm-up)."""
-    warmup_steps: int = 0
-    """Linear warm-up, in optimizer steps."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clipping threshold (0 disables)."""
     seed: int = 0
     """Seed of prompts, sampling and initialisation."""
-    save_every: int = 0
-    """Checkpoint every this many steps (0: only the final model)."""
-    keep_checkpoints: int = 2
-    """How many recent checkpoints to keep."""
-    resume: bool = False
-    """Continue the run in output_dir from its latest checkpoint."""
     log_reference_kl: bool = True
     """Keep a frozen reference to log KL even when the objective does not need it."""
     fast_path: bool = True
@@ -110,12 +95,6 @@ class RLConfig:
     Hugging Face forward)."""
     compile: bool = False
     """Compile the lean path's training and scoring forward with torch.compile (slow start, faster steps)."""
-    trust_remote_code: bool = False
-    """Allow model folders that ship their own modelling code."""
-    threads: int = 0
-    """CPU threads for torch (0: torch's default)."""
-    progress: bool = True
-    """Show a progress bar on the console."""
     grpo: GRPOOptions = field(default_factory=GRPOOptions)
     dr_grpo: DrGRPOOptions = field(default_factory=DrGRPOOptions)
     dapo: DAPOOptions = field(default_factory=DAPOOptions)

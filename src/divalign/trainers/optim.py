@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from divalign.errors import UserError
 
 SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass
+class OptimizerOptions:
+    """The options :class:`Optimization` reads; every training config has them (and may change the defaults)."""
+
+    learning_rate: float = 1e-5
+    """Peak learning rate of AdamW."""
+    lr_schedule: str = "constant"
+    """constant, linear or cosine (after warm-up)."""
+    warmup_steps: int = 0
+    """Linear warm-up, in optimizer steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping threshold (0 disables)."""
 
 
 def make_optimizer(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):

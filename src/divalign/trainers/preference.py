@@ -24,11 +24,12 @@ from divalign.models import SequenceBatch, completion_logprobs
 from divalign.objectives import PairBatch, UnpairedBatch
 from divalign.objectives.pairs import DPOOptions, FDPOOptions, FPOOptions, IPOOptions
 from divalign.objectives.unpaired import FDOOptions, KTOOptions
-from divalign.trainers.optim import Optimization
+from divalign.trainers.loop import RunOptions
+from divalign.trainers.optim import Optimization, OptimizerOptions
 
 
 @dataclass
-class PreferenceConfig:
+class PreferenceConfig(RunOptions, OptimizerOptions):
     """Offline alignment on preference pairs (dpo, ipo, fdpo, fpo) or desirable/undesirable data (fdo, kto)."""
 
     model: str = ""
@@ -66,37 +67,16 @@ class PreferenceConfig:
     steps: int = 0
     """Optimizer steps (0: derived from epochs)."""
     learning_rate: float = 5e-6
-    """Peak learning rate of AdamW."""
-    lr_schedule: str = "constant"
-    """constant, linear or cosine (after warm-up)."""
-    warmup_steps: int = 0
-    """Linear warm-up steps."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clipping threshold (0 disables)."""
     precompute_reference: bool = True
     """Compute the reference log-probabilities once before training instead of a reference forward per step."""
     eval_every: int = 0
     """Evaluate every this many steps (0: only at the end)."""
     seed: int = 0
     """Seed of data order and of the evaluation split."""
-    save_every: int = 0
-    """Checkpoint every this many steps (0: only the final model)."""
-    keep_checkpoints: int = 2
-    """How many recent checkpoints to keep."""
-    resume: bool = False
-    """Continue the run in output_dir from its latest checkpoint."""
     fast_path: bool = True
     """Run Llama-family models through the lean functional forward."""
     compile: bool = False
     """Compile the lean forward with torch.compile (slow start, faster steps)."""
-    trust_remote_code: bool = False
-    """Allow model folders that ship their own modelling code."""
-    threads: int = 0
-    """CPU threads for torch (0: torch's default)."""
-    progress: bool = True
-    """Show a progress bar on the console."""
     dpo: DPOOptions = field(default_factory=DPOOptions)
     ipo: IPOOptions = field(default_factory=IPOOptions)
     fdpo: FDPOOptions = field(default_factory=FDPOOptions)

@@ -19,11 +19,12 @@ from divalign.data.preferences import Pair
 from divalign.data.tokens import fit, pad
 from divalign.errors import UserError
 from divalign.objectives.reward import BradleyTerryOptions, bradley_terry
-from divalign.trainers.optim import Optimization
+from divalign.trainers.loop import RunOptions
+from divalign.trainers.optim import Optimization, OptimizerOptions
 
 
 @dataclass
-class RMConfig:
+class RMConfig(RunOptions, OptimizerOptions):
     """Bradley-Terry reward model on preference pairs; saved as AutoModelForSequenceClassification."""
 
     model: str = ""
@@ -55,15 +56,7 @@ class RMConfig:
     steps: int = 0
     """Optimizer steps (0: derived from epochs)."""
     learning_rate: float = 1e-4
-    """Peak learning rate of AdamW."""
     lr_schedule: str = "cosine"
-    """constant, linear or cosine (after warm-up)."""
-    warmup_steps: int = 0
-    """Linear warm-up steps."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clipping threshold (0 disables)."""
     margin: float = 0.0
     """Margin m required between chosen and rejected scores."""
     center_rewards_coefficient: float = 0.0
@@ -72,18 +65,6 @@ class RMConfig:
     """Evaluate every this many steps (0: only at the end)."""
     seed: int = 0
     """Seed of the head's initialisation, the data order and the evaluation split."""
-    save_every: int = 0
-    """Checkpoint every this many steps (0: only the final model)."""
-    keep_checkpoints: int = 2
-    """How many recent checkpoints to keep."""
-    resume: bool = False
-    """Continue the run in output_dir from its latest checkpoint."""
-    trust_remote_code: bool = False
-    """Allow model folders that ship their own modelling code."""
-    threads: int = 0
-    """CPU threads for torch (0: torch's default)."""
-    progress: bool = True
-    """Show a progress bar on the console."""
 
 
 def load_reward_model(path, trust_remote_code: bool = False, seed: int = 0):

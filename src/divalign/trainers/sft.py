@@ -20,11 +20,12 @@ from divalign.data.order import EpochOrder
 from divalign.data.sft import Chat, Demonstration, render
 from divalign.data.tokens import fit
 from divalign.models import segment_logprobs
-from divalign.trainers.optim import Optimization
+from divalign.trainers.loop import RunOptions
+from divalign.trainers.optim import Optimization, OptimizerOptions
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(RunOptions, OptimizerOptions):
     """Supervised fine-tuning on prompt/completion or chat data; the loss covers completion tokens only."""
 
     model: str = ""
@@ -54,33 +55,13 @@ class SFTConfig:
     steps: int = 0
     """Optimizer steps (0: derived from epochs)."""
     learning_rate: float = 2e-5
-    """Peak learning rate of AdamW."""
     lr_schedule: str = "cosine"
-    """constant, linear or cosine (after warm-up)."""
-    warmup_steps: int = 0
-    """Linear warm-up steps."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clipping threshold (0 disables)."""
     eval_every: int = 0
     """Evaluate on eval_data every this many steps (0: only at the end)."""
     seed: int = 0
     """Seed of data order and initialisation."""
-    save_every: int = 0
-    """Checkpoint every this many steps (0: only the final model)."""
-    keep_checkpoints: int = 2
-    """How many recent checkpoints to keep."""
-    resume: bool = False
-    """Continue the run in output_dir from its latest checkpoint."""
     fast_path: bool = True
     """Run Llama-family models through the lean functional forward."""
-    trust_remote_code: bool = False
-    """Allow model folders that ship their own modelling code."""
-    threads: int = 0
-    """CPU threads for torch (0: torch's default)."""
-    progress: bool = True
-    """Show a progress bar on the console."""
 
 
 @dataclass
