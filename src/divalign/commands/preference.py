@@ -64,6 +64,19 @@ def split_by_prompt(items: list, fraction: float, seed: int) -> tuple[list, list
     return [i for i in items if i.prompt not in held], [i for i in items if i.prompt in held]
 
 
+def train_and_held_out(read, config, what: str = "items") -> tuple[list, list]:
+    """The training items and the held-out ones: ``read(config.eval_data)`` when given, else a split of
+    ``read(config.data)`` by prompt; an empty training side is the user's error."""
+    items = read(config.data)
+    if config.eval_data:
+        train, held = items, read(config.eval_data)
+    else:
+        train, held = split_by_prompt(items, config.eval_fraction, config.seed)
+    if not train:
+        raise UserError(f"{config.data}: no training {what} left after holding out the evaluation split")
+    return train, held
+
+
 def run(config: PreferenceConfig) -> list[dict]:
     if not config.model:
         raise UserError("no model: give --model FOLDER (a Hugging Face causal-LM folder)")
@@ -88,13 +101,7 @@ def run(config: PreferenceConfig) -> list[dict]:
             f"objective '{config.objective}' with preset '{config.fdo.preset}' needs the whole batch in "
             "one forward pass: set micro-batch-size to 0"
         )
-    items = load(config.data, config, paired)
-    if config.eval_data:
-        train, held = items, load(config.eval_data, config, paired)
-    else:
-        train, held = split_by_prompt(items, config.eval_fraction, config.seed)
-    if not train:
-        raise UserError(f"{config.data}: no training items left after holding out the evaluation split")
+    train, held = train_and_held_out(lambda path: load(path, config, paired), config)
     run_dir = check_output_dir(config.output_dir, config.resume)
     checkpoint, state = resume_point(run_dir) if config.resume else (None, None)
     set_threads(config.threads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from divalign.commands.common import check_output_dir, non_negative, positive, run_training, set_threads
-from divalign.commands.preference import BUILTIN, builtin_data, split_by_prompt
+from divalign.commands.preference import BUILTIN, builtin_data, train_and_held_out
 from divalign.data.preferences import read_pairs
 from divalign.errors import UserError
 from divalign.trainers.loop import FINAL_MODEL, resume_point
@@ -27,13 +27,7 @@ def run(config: RMConfig) -> list[dict]:
         raise UserError(f"no data: give --data FILE or one of {', '.join(BUILTIN)}")
     positive(config, "max_length", "batch_size")
     non_negative(config, "micro_batch_size", "steps")
-    pairs = load_pairs(config.data, config)
-    if config.eval_data:
-        train, held = pairs, load_pairs(config.eval_data, config)
-    else:
-        train, held = split_by_prompt(pairs, config.eval_fraction, config.seed)
-    if not train:
-        raise UserError(f"{config.data}: no training pairs left after holding out the evaluation split")
+    train, held = train_and_held_out(lambda path: load_pairs(path, config), config, "pairs")
     run_dir = check_output_dir(config.output_dir, config.resume)
     checkpoint, state = resume_point(run_dir) if config.resume else (None, None)
     set_threads(config.threads)
