@@ -9,6 +9,26 @@ from pathlib import Path
 import torch
 
 
+def speed_model(workdir: str) -> str:
+    """The 0.5M-parameter Llama folder both speed benchmarks use (hidden 128, MLP 512, 2 layers, 4 heads, 2 KV
+    heads, character vocabulary)."""
+    import os
+
+    from divalign.charlm import write_tiny_model
+
+    return write_tiny_model(os.path.join(workdir, "model"), hidden_size=128, intermediate_size=512, num_layers=2,
+                            num_heads=4, num_kv_heads=2, max_positions=64)
+
+
+def stories260k(folder: Path) -> Path:
+    """The real TinyStories stories260K checkpoint converted (once) to a Hugging Face folder."""
+    if not (folder / "model.safetensors").exists():
+        from divalign.convert.llama2c import convert
+
+        convert("data:tinyllamas_stories260K/stories260K.bin", "data:tinyllamas_stories260K/tok512.bin", folder)
+    return folder
+
+
 def demo_sft_model(folder: Path, threads: int = 2) -> Path:
     """Train (once) the demo's SFT model into ``folder``: a 1M-parameter Llama on 1,000 worked problems."""
     if (folder / "model" / "model.safetensors").exists():

@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import torch
+from common import speed_model
 
 
 def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
@@ -132,18 +133,8 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from divalign.charlm import write_tiny_model
-
     workdir = tempfile.mkdtemp(prefix="dpo-speed-")
-    folder = write_tiny_model(
-        os.path.join(workdir, "model"),
-        hidden_size=128,
-        intermediate_size=512,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        max_positions=64,
-    )
+    folder = speed_model(workdir)
     pairs = make_pairs(400)
     for precompute in (False, True):
         result = {

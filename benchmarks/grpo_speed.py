@@ -24,6 +24,7 @@ import tempfile
 import time
 
 import torch
+from common import speed_model
 
 
 def digits_reward(text: str) -> float:
@@ -44,7 +45,6 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from divalign.charlm import write_tiny_model
     from divalign.config import build
     from divalign.data.prompts import DatasetPrompts, Example
     from divalign.models import frozen_copy, load_causal_lm
@@ -52,15 +52,7 @@ def main() -> None:
     from divalign.trainers.online import OnlineTrainer, RLConfig
 
     workdir = tempfile.mkdtemp(prefix="grpo-speed-")
-    folder = write_tiny_model(
-        os.path.join(workdir, "model"),
-        hidden_size=128,
-        intermediate_size=512,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        max_positions=64,
-    )
+    folder = speed_model(workdir)
     rng = random.Random(0)
     prompts = [f"{rng.randrange(100)}+{rng.randrange(100)}=" for _ in range(400)]
 

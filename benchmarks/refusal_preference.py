@@ -19,6 +19,7 @@ import random
 from pathlib import Path
 
 import torch
+from common import stories260k
 
 METHODS = [
     ("dpo", {}),
@@ -55,15 +56,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from divalign.config import build
-    from divalign.convert.llama2c import convert
     from divalign.data.preferences import REFUSALS, advbench_compliance_refusal, as_unpaired
     from divalign.models import frozen_copy, load_causal_lm, save_model
     from divalign.trainers.preference import PreferenceConfig, PreferenceTrainer
 
     work = Path(args.work)
-    model_dir = work / "stories260K"
-    if not (model_dir / "model.safetensors").exists():
-        convert("data:tinyllamas_stories260K/stories260K.bin", "data:tinyllamas_stories260K/tok512.bin", model_dir)
+    model_dir = stories260k(work / "stories260K")
     path = "data:advbench/harmful_behaviors.csv"
     _, train_pairs = advbench_compliance_refusal(path, REFUSALS[:4])
     _, eval_pairs = advbench_compliance_refusal(path, REFUSALS[4:])

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import stories260k
 
 
 def main() -> None:
@@ -32,15 +33,12 @@ def main() -> None:
 
     from divalign.commands.preference import split_by_prompt
     from divalign.config import build
-    from divalign.convert.llama2c import convert
     from divalign.data.preferences import read_hh_rlhf
     from divalign.trainers.loop import run_steps
     from divalign.trainers.reward_model import RewardModelTrainer, RMConfig, length_baseline_accuracy, load_reward_model
 
     work = Path(args.work)
-    backbone = work / "stories260K"
-    if not (backbone / "model.safetensors").exists():
-        convert("data:tinyllamas_stories260K/stories260K.bin", "data:tinyllamas_stories260K/tok512.bin", backbone)
+    backbone = stories260k(work / "stories260K")
     subsets = {name: read_hh_rlhf(f"data:hh_rlhf/{name}/test.jsonl.gz") for name in ("harmless-base", "helpful-base")}
     train, held = [], {}
     for name, pairs in subsets.items():
