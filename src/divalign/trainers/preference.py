@@ -125,8 +125,12 @@ def encode(tokenizer, prompts: list[str], responses: list[str], max_length: int,
 
 def sequence_logps(model, data: Encoded, rows: list[int], pad_id: int, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ_t log π(y_t | x, y_<t), response lengths) for the given rows (whole groups)."""
-    batch = data.batch(rows, pad_id)
-    logp, _ = completion_logprobs(model, batch, group_size=data.group, fast=fast)
+    return batch_logps(model, data.batch(rows, pad_id), data.group, fast)
+
+
+def batch_logps(model, batch: SequenceBatch, group: int, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sequence_logps` of an assembled batch (one batch serves the policy and the reference)."""
+    logp, _ = completion_logprobs(model, batch, group_size=group, fast=fast)
     return logp.sum(-1), batch.completion_mask.sum(-1).float()
 
 
@@ -189,8 +193,9 @@ class PreferenceTrainer:
         for start in range(0, len(units), micro):
             part = units[start : start + micro]
             rows = self._rows(part)
-            logps, lengths = sequence_logps(self.policy, self.data, rows, self.tokenizer.pad_token_id, cfg.fast_path)
-            ref = self._reference(rows)
+            batch = self.data.batch(rows, self.tokenizer.pad_token_id)
+            logps, lengths = batch_logps(self.policy, batch, self.data.group, cfg.fast_path)
+            ref = self._reference(rows, batch)
             loss, metrics = self._loss(part, logps, lengths, ref, counts)
             loss.backward()
             loss_total += float(loss.item())
@@ -227,13 +232,11 @@ class PreferenceTrainer:
         labels = self.labels[units]
         return {"num_desirable": int(labels.sum()), "num_undesirable": int((~labels).sum())}
 
-    def _reference(self, rows: list[int]) -> torch.Tensor:
+    def _reference(self, rows: list[int], batch: SequenceBatch) -> torch.Tensor:
         if self.ref_logps is not None:
             return self.ref_logps[rows]
         with torch.no_grad():
-            return sequence_logps(self.reference, self.data, rows, self.tokenizer.pad_token_id, self.config.fast_path)[
-                0
-            ]
+            return batch_logps(self.reference, batch, self.data.group, self.config.fast_path)[0]
 
     def _loss(self, units, logps, lengths, ref, counts):
         if self.paired:
@@ -247,11 +250,10 @@ class PreferenceTrainer:
         shifted = Encoded(
             [self.data.prompts[u] for u in units], [self.data.responses[u] for u in units[1:] + units[:1]], 1
         )
-        rows = list(range(len(units)))
-        pad = self.tokenizer.pad_token_id
+        batch = shifted.batch(list(range(len(units))), self.tokenizer.pad_token_id)
         with torch.no_grad():
-            kl_logps = sequence_logps(self.policy, shifted, rows, pad, self.config.fast_path)[0]
-            ref_kl = sequence_logps(self.reference, shifted, rows, pad, self.config.fast_path)[0]
+            kl_logps = batch_logps(self.policy, batch, 1, self.config.fast_path)[0]
+            ref_kl = batch_logps(self.reference, batch, 1, self.config.fast_path)[0]
         return {"kl_logps": kl_logps, "ref_kl_logps": ref_kl}
 
 
