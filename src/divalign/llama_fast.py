@@ -306,16 +306,19 @@ class Decoder:
 
     def __init__(self, model):
         self.model = model
+        self._rot = None
         self.refresh()
 
     def refresh(self) -> None:
         w = weights(self.model, fold=True)
         self.w = w
         qk = (w.hq + w.hk) * w.d
-        half = w.d // 2
-        rot = torch.zeros(w.d, w.d, dtype=w.embed.dtype, device=w.embed.device)
-        rot[torch.arange(half) + half, torch.arange(half)] = -1.0  # x @ rot == rotate_half(x)
-        rot[torch.arange(half), torch.arange(half) + half] = 1.0
+        if self._rot is None:  # constant: x @ rot == rotate_half(x)
+            half = w.d // 2
+            self._rot = torch.zeros(w.d, w.d, dtype=w.embed.dtype, device=w.embed.device)
+            self._rot[torch.arange(half) + half, torch.arange(half)] = -1.0
+            self._rot[torch.arange(half), torch.arange(half) + half] = 1.0
+        rot = self._rot
         self.step_qkv = []
         for layer in w.layers:
             qk_cols = layer.wqkv[:, :qk]
