@@ -9,14 +9,14 @@ from torch import Tensor
 def pad(rows: list[list[int]], pad_id: int, left: bool = False, device="cpu") -> tuple[Tensor, Tensor]:
     """Stack token lists into an (N, width) tensor padded on the left or right, and its attention mask."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            cols = slice(width - len(row), width) if left else slice(0, len(row))
-            ids[i, cols] = torch.tensor(row, dtype=torch.long)
-            mask[i, cols] = 1
-    return ids.to(device), mask.to(device)
+    # Padded Python lists and one tensor each: per-row tensor writes cost more than the whole batch here.
+    if left:
+        ids = [[pad_id] * (width - len(r)) + list(r) for r in rows]
+        mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+    else:
+        ids = [list(r) + [pad_id] * (width - len(r)) for r in rows]
+        mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
+    return torch.tensor(ids, dtype=torch.long, device=device), torch.tensor(mask, dtype=torch.long, device=device)
 
 
 def fit(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int]]:

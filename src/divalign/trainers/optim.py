@@ -53,6 +53,22 @@ def make_schedule(optimizer, kind: str, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> float:
+    """Scale the gradients in place so that their global L2 norm is at most ``max_norm``; return the norm before.
+
+    The same factor as ``torch.nn.utils.clip_grad_norm_`` (max_norm / (norm + 1e-6), capped at 1), but the
+    multiplication, a pass over every gradient, is skipped when the factor is exactly 1 (the common case).
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    factor = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    if float(factor) < 1.0:
+        torch._foreach_mul_(grads, factor)
+    return float(norm)
+
+
 class Optimization:
     """What every trainer does after its backward passes: clip the gradient norm, AdamW step, schedule step.
 
@@ -70,7 +86,7 @@ class Optimization:
         self.max_grad_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
 
     def step(self) -> dict[str, float]:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
+        grad_norm = clip_grad_norm(self.params, self.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()

@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from divalign.data.tokens import pad
+from divalign.trainers.optim import clip_grad_norm
+
+
+@pytest.mark.parametrize("scale", [1e-3, 10.0])
+def test_clip_grad_norm_matches_torch(scale):
+    """Same norm and same clipped gradients as torch.nn.utils.clip_grad_norm_, below and above the threshold."""
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.zeros(shape, requires_grad=True) for shape in [(7, 5), (3,), (4, 4)]]
+    theirs = [torch.zeros_like(p, requires_grad=True) for p in ours]
+    for a, b in zip(ours, theirs):
+        a.grad = torch.randn(a.shape, generator=gen) * scale
+        b.grad = a.grad.clone()
+    norm = clip_grad_norm(ours, 1.0)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    assert norm == pytest.approx(float(expected), rel=1e-6)
+    assert (norm > 1.0) == (scale > 1.0)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=0)
+    total = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ours]))
+    assert float(total) == pytest.approx(min(norm, 1.0), rel=1e-5)
+
+
+def test_pad_left_and_right():
+    ids, mask = pad([[5, 6, 7], [8]], pad_id=0, left=True)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = pad([[5, 6, 7], [8], []], pad_id=9)
+    assert ids.tolist() == [[5, 6, 7], [8, 9, 9], [9, 9, 9]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
+    assert ids.dtype == mask.dtype == torch.long
