@@ -87,7 +87,7 @@ def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: 
     trainer = PreferenceTrainer(policy, da_tok, config, [Pair(*p) for p in pairs], frozen_copy(policy))
     da_setup = time.perf_counter() - t
 
-    trl_times, da_times = [], []
+    trl_times, da_times, da_parts = [], [], []
 
     class Interleave(TrainerCallback):
         def on_step_begin(self, *a, **k):
@@ -96,7 +96,7 @@ def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: 
         def on_step_end(self, a, state, *rest, **k):
             trl_times.append(time.perf_counter() - self.started)
             t0 = time.perf_counter()
-            trainer.step(state.global_step - 1)
+            da_parts.append(trainer.step(state.global_step - 1))
             da_times.append(time.perf_counter() - t0)
 
     t = time.perf_counter()
@@ -111,6 +111,8 @@ def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: 
     trl.train()
     ratios = [d / t for d, t in zip(da_times[warmup:], trl_times[warmup:])]
     q = statistics.quantiles(ratios, n=4)
+    parts = {k: 1000 * statistics.median(r[k] for r in da_parts[warmup:])
+             for k in ("forward_backward_s", "reference_s", "optimizer_s")}
     return {
         "reference": "precomputed" if precompute else "live",
         "steps_measured": len(ratios),
@@ -120,6 +122,7 @@ def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: 
         "divalign_warmup_s": sum(da_times[:warmup]),
         "ratio_median": statistics.median(ratios),
         "ratio_p25_p75": [q[0], q[2]],
+        "divalign_parts_ms": {k: round(v, 2) for k, v in parts.items()},
         "setup_s": {"trl": trl_setup, "divalign": da_setup},
     }
 

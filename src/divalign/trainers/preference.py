@@ -5,7 +5,8 @@ One step: take the step's pairs (or examples) in a seeded order, run the policy 
 (a pair's two completions share one prompt forward), sum token log-probabilities per completion, read the
 reference log-probabilities (computed once for the whole dataset before training, or live), apply the objective,
 backward, clip, step. Unpaired objectives keep a small running state (KLDO's average, BCO's shift) that is
-saved with each checkpoint.
+saved with each checkpoint. Each step's row also gives the seconds spent in the policy's forward and backward,
+in the reference, and in the optimizer step.
 """
 
 from __future__ import annotations
@@ -190,20 +191,29 @@ class PreferenceTrainer:
         counts = self._counts(units)
         if self.config.objective == "kto" and len(units) > 1:
             counts.update(self._kto_reference_point(units))
+        timings = {"reference_s": 0.0, "forward_backward_s": 0.0}
         for start in range(0, len(units), micro):
             part = units[start : start + micro]
             rows = self._rows(part)
+            begin = time.perf_counter()
             batch = self.data.batch(rows, self.tokenizer.pad_token_id)
             logps, lengths = batch_logps(self.policy, batch, self.data.group, cfg.fast_path)
+            ref_begin = time.perf_counter()
             ref = self._reference(rows, batch)
+            ref_end = time.perf_counter()
             loss, metrics = self._loss(part, logps, lengths, ref, counts)
             loss.backward()
             loss_total += float(loss.item())
+            timings["reference_s"] += ref_end - ref_begin
+            timings["forward_backward_s"] += (ref_begin - begin) + (time.perf_counter() - ref_end)
             for key, value in metrics.items():
                 summed[key] = summed.get(key, 0.0) + value
         if not self.paired:
             self.state = self.options.next_state(self.state, summed)
+        t = time.perf_counter()
         row = {"step": step + 1, "loss": loss_total, **self.optimization.step(), **summed}
+        timings["optimizer_s"] = time.perf_counter() - t
+        row.update(timings)
         if self.eval_items and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == self.total_steps):
             row.update(self.evaluate(self.eval_items))
         row["step_s"] = time.perf_counter() - t0
