@@ -102,3 +102,48 @@ def arithmetic_scores(policy, tokenizer, seed: int = 0, problems: int = 300) -> 
     hard = evaluate(policy, tokenizer, hardest, task.reward, max_new_tokens=MAX_NEW_TOKENS, k=1, samples=1,
                     seed=seed)
     return {"pass1": overall["pass1_greedy"], "pass8": overall["pass8"], "pass1_hardest_third": hard["pass1_greedy"]}
+
+
+class Interleaved:
+    """Runs divalign's step k right after TRL's step k (a TRL callback) and summarises the per-step ratios, so that
+    drifts in machine speed hit both sides alike."""
+
+    def __init__(self, divalign_step):
+        self.divalign_step = divalign_step  #: step index → the divalign trainer's row for that step
+        self.trl_times: list[float] = []
+        self.divalign_times: list[float] = []
+        self.divalign_rows: list[dict] = []
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        runner = self
+
+        class Interleave(TrainerCallback):
+            def on_step_begin(self, *args, **kwargs):
+                self.started = time.perf_counter()
+
+            def on_step_end(self, args, state, *rest, **kwargs):
+                runner.trl_times.append(time.perf_counter() - self.started)
+                start = time.perf_counter()
+                runner.divalign_rows.append(runner.divalign_step(state.global_step - 1))
+                runner.divalign_times.append(time.perf_counter() - start)
+
+        return Interleave()
+
+    def summary(self, warmup: int, parts: tuple[str, ...]) -> dict:
+        """Medians after ``warmup`` steps (whose divalign seconds, compilation included, are reported apart)."""
+        import statistics
+
+        ratios = [d / t for d, t in zip(self.divalign_times[warmup:], self.trl_times[warmup:])]
+        quartiles = statistics.quantiles(ratios, n=4)
+        rows = self.divalign_rows[warmup:]
+        return {
+            "steps_measured": len(ratios),
+            "trl_ms_median": 1000 * statistics.median(self.trl_times[warmup:]),
+            "divalign_ms_median": 1000 * statistics.median(self.divalign_times[warmup:]),
+            "divalign_warmup_s": round(sum(self.divalign_times[:warmup]), 2),
+            "ratio_median": statistics.median(ratios),
+            "ratio_p25_p75": [quartiles[0], quartiles[2]],
+            "divalign_parts_ms": {k: round(1000 * statistics.median(r[k] for r in rows), 2) for k in parts},
+        }

@@ -18,12 +18,11 @@ import argparse
 import json
 import os
 import random
-import statistics
 import tempfile
 import time
 
 import torch
-from common import speed_model
+from common import Interleaved, speed_model
 
 
 def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
@@ -38,7 +37,7 @@ def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
 
 def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: str, compile_forward: bool) -> dict:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     from divalign.config import build
@@ -87,17 +86,7 @@ def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: 
     trainer = PreferenceTrainer(policy, da_tok, config, [Pair(*p) for p in pairs], frozen_copy(policy))
     da_setup = time.perf_counter() - t
 
-    trl_times, da_times, da_parts = [], [], []
-
-    class Interleave(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, a, state, *rest, **k):
-            trl_times.append(time.perf_counter() - self.started)
-            t0 = time.perf_counter()
-            da_parts.append(trainer.step(state.global_step - 1))
-            da_times.append(time.perf_counter() - t0)
+    timing = Interleaved(trainer.step)
 
     t = time.perf_counter()
     trl = DPOTrainer(
@@ -105,24 +94,14 @@ def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: 
         args=trl_args,
         train_dataset=data,
         processing_class=tokenizer,
-        callbacks=[Interleave()],
+        callbacks=[timing.callback()],
     )
     trl_setup = time.perf_counter() - t  # includes TRL's reference precomputation when enabled
     trl.train()
-    ratios = [d / t for d, t in zip(da_times[warmup:], trl_times[warmup:])]
-    q = statistics.quantiles(ratios, n=4)
-    parts = {k: 1000 * statistics.median(r[k] for r in da_parts[warmup:])
-             for k in ("forward_backward_s", "reference_s", "optimizer_s")}
     return {
         "reference": "precomputed" if precompute else "live",
-        "steps_measured": len(ratios),
-        "trl_ms_median": 1000 * statistics.median(trl_times[warmup:]),
-        "divalign_ms_median": 1000 * statistics.median(da_times[warmup:]),
         "divalign_compile": compile_forward,
-        "divalign_warmup_s": sum(da_times[:warmup]),
-        "ratio_median": statistics.median(ratios),
-        "ratio_p25_p75": [q[0], q[2]],
-        "divalign_parts_ms": {k: round(v, 2) for k, v in parts.items()},
+        **timing.summary(warmup, ("forward_backward_s", "reference_s", "optimizer_s")),
         "setup_s": {"trl": trl_setup, "divalign": da_setup},
     }
 

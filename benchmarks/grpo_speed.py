@@ -19,12 +19,10 @@ import argparse
 import json
 import os
 import random
-import statistics
 import tempfile
-import time
 
 import torch
-from common import speed_model
+from common import Interleaved, speed_model
 
 
 def digits_reward(text: str) -> float:
@@ -42,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from divalign.config import build
@@ -112,18 +110,7 @@ def main() -> None:
         reference=frozen_copy(policy),
     )
 
-    trl_times, da_times, da_parts = [], [], []
-
-    class Interleave(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, a, state, *rest, **k):
-            trl_times.append(time.perf_counter() - self.started)
-            t = time.perf_counter()
-            row = trainer.step(state.global_step - 1)
-            da_times.append(time.perf_counter() - t)
-            da_parts.append(row)
+    timing = Interleaved(trainer.step)
 
     trl_trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(folder),
@@ -131,28 +118,16 @@ def main() -> None:
         args=trl_config,
         train_dataset=Dataset.from_dict({"prompt": prompts}),
         processing_class=tokenizer,
-        callbacks=[Interleave()],
+        callbacks=[timing.callback()],
     )
     trl_trainer.train()
 
-    w = args.warmup
-    ratios = [d / t for d, t in zip(da_times[w:], trl_times[w:])]
-    parts = {
-        k: 1000 * statistics.median(r[k] for r in da_parts[w:])
-        for k in ("generate_s", "score_s", "reference_s", "forward_backward_s", "optimizer_s")
-    }
     result = {
         "benchmark": "grpo_step_time",
-        "steps_measured": len(ratios),
         "threads": args.threads,
-        "trl_ms_median": 1000 * statistics.median(trl_times[w:]),
-        "divalign_ms_median": 1000 * statistics.median(da_times[w:]),
         "divalign_compile": args.compile,
-        "divalign_warmup_s": round(sum(da_times[:w]), 2),
-        "ratio_median": statistics.median(ratios),
-        "ratio_p25_p75": [statistics.quantiles(ratios, n=4)[0], statistics.quantiles(ratios, n=4)[2]],
-        "divalign_parts_ms": {k: round(v, 2) for k, v in parts.items()},
-        "divalign_reward_last": da_parts[-1]["reward_mean"],
+        **timing.summary(args.warmup, ("generate_s", "score_s", "reference_s", "forward_backward_s", "optimizer_s")),
+        "divalign_reward_last": timing.divalign_rows[-1]["reward_mean"],
     }
     print(json.dumps(result))
     if args.out:
