@@ -1,8 +1,10 @@
-"""Pieces the quality benchmarks share: the demo's SFT start, one RL run from it, and its evaluation."""
+"""Pieces the benchmarks share: the speed model and the TRL settings and interleaving of the speed benchmarks;
+the demo's SFT start, one RL run from it, and its evaluation for the quality benchmarks."""
 
 from __future__ import annotations
 
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -18,6 +20,11 @@ def speed_model(workdir: str) -> str:
 
     return write_tiny_model(os.path.join(workdir, "model"), hidden_size=128, intermediate_size=512, num_layers=2,
                             num_heads=4, num_kv_heads=2, max_positions=64)
+
+
+#: TRL settings both speed benchmarks use: CPU, fp32, no logging, saving or progress bar, seed 0.
+TRL_CPU_QUIET = dict(use_cpu=True, bf16=False, fp16=False, report_to="none", save_strategy="no",
+                     logging_steps=10**6, disable_tqdm=True, seed=0)
 
 
 def stories260k(folder: Path) -> Path:
@@ -133,8 +140,6 @@ class Interleaved:
 
     def summary(self, warmup: int, parts: tuple[str, ...]) -> dict:
         """Medians after ``warmup`` steps (whose divalign seconds, compilation included, are reported apart)."""
-        import statistics
-
         ratios = [d / t for d, t in zip(self.divalign_times[warmup:], self.trl_times[warmup:])]
         quartiles = statistics.quantiles(ratios, n=4)
         rows = self.divalign_rows[warmup:]

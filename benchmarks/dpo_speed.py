@@ -22,7 +22,7 @@ import tempfile
 import time
 
 import torch
-from common import Interleaved, speed_model
+from common import TRL_CPU_QUIET, Interleaved, speed_model
 
 
 def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
@@ -53,15 +53,8 @@ def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: 
         beta=0.1,
         learning_rate=1e-5,
         max_steps=steps,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=10**6,
-        disable_tqdm=True,
-        seed=0,
         precompute_ref_log_probs=precompute,
-        bf16=False,
-        fp16=False,
+        **TRL_CPU_QUIET,
     )
     data = Dataset.from_dict(
         {"prompt": [p for p, _, _ in pairs], "chosen": [c for _, c, _ in pairs], "rejected": [r for _, _, r in pairs]}

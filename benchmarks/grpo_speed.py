@@ -22,7 +22,7 @@ import random
 import tempfile
 
 import torch
-from common import Interleaved, speed_model
+from common import TRL_CPU_QUIET, Interleaved, speed_model
 
 
 def digits_reward(text: str) -> float:
@@ -69,14 +69,7 @@ def main() -> None:
         num_iterations=1,
         gradient_accumulation_steps=1,
         max_steps=args.steps,
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=10**6,
-        disable_tqdm=True,
-        seed=0,
+        **TRL_CPU_QUIET,
     )
 
     def trl_reward(prompts, completions, **kwargs):
