@@ -11,6 +11,22 @@ from pathlib import Path
 import torch
 
 
+def add_process_options(parser) -> None:
+    """--threads and --default-allocator, for the speed benchmarks."""
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="keep glibc's malloc defaults (by default the process keeps freed memory, as the "
+                             "divalign command line does; process-wide, so TRL gets the same setting)")
+
+
+def apply_process_options(args) -> dict:
+    """Apply the options of :func:`add_process_options`; returns them for the result line."""
+    from divalign.allocator import keep_freed_memory
+
+    torch.set_num_threads(args.threads)
+    return {"threads": args.threads, "allocator_keeps_freed": False if args.default_allocator else keep_freed_memory()}
+
+
 def speed_model(workdir: str) -> str:
     """The 0.5M-parameter Llama folder both speed benchmarks use (hidden 128, MLP 512, 2 layers, 4 heads, 2 KV
     heads, character vocabulary)."""

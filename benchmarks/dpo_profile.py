@@ -16,7 +16,7 @@ import tempfile
 import time
 
 import torch
-from common import speed_model
+from common import add_process_options, apply_process_options, speed_model
 from dpo_speed import make_pairs
 
 
@@ -40,11 +40,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
+    add_process_options(parser)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--precompute", action="store_true", help="reference log-probabilities computed once")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    process = apply_process_options(args)
 
     from divalign.config import build
     from divalign.data.preferences import Pair
@@ -76,7 +76,7 @@ def main() -> None:
     flops = 2 * tokens * per_token * cfg.num_hidden_layers * passes
     throughput = product_throughput([(tokens, h, 2 * i), (tokens, i, h), (tokens, h, qkv)])
     result = {
-        "benchmark": "dpo_step_profile", "threads": args.threads, "compile": args.compile,
+        "benchmark": "dpo_step_profile", **process, "compile": args.compile,
         "reference": "precomputed" if args.precompute else "live", "steps_measured": len(rows),
         "phases_ms": phases, "tokens_per_step": tokens, "product_gflop_per_step": round(flops / 1e9, 3),
         "product_gflops": throughput,

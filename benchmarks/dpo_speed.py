@@ -21,8 +21,7 @@ import random
 import tempfile
 import time
 
-import torch
-from common import TRL_CPU_QUIET, Interleaved, speed_model
+from common import TRL_CPU_QUIET, Interleaved, add_process_options, apply_process_options, speed_model
 
 
 def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
@@ -103,18 +102,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    add_process_options(parser)
     parser.add_argument("--compile", action="store_true", help="divalign compiles its forward")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    process = apply_process_options(args)
     workdir = tempfile.mkdtemp(prefix="dpo-speed-")
     folder = speed_model(workdir)
     pairs = make_pairs(400)
     for precompute in (False, True):
         result = {
             "benchmark": "dpo_step_time",
-            "threads": args.threads,
+            **process,
             **run(precompute, args.steps, args.warmup, folder, pairs, workdir, args.compile),
         }
         print(json.dumps(result), flush=True)

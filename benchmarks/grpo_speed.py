@@ -21,8 +21,7 @@ import os
 import random
 import tempfile
 
-import torch
-from common import TRL_CPU_QUIET, Interleaved, speed_model
+from common import TRL_CPU_QUIET, Interleaved, add_process_options, apply_process_options, speed_model
 
 
 def digits_reward(text: str) -> float:
@@ -33,11 +32,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
-    parser.add_argument("--threads", type=int, default=2)
+    add_process_options(parser)
     parser.add_argument("--compile", action="store_true", help="divalign compiles its training and scoring forward")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    process = apply_process_options(args)
 
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -117,7 +116,7 @@ def main() -> None:
 
     result = {
         "benchmark": "grpo_step_time",
-        "threads": args.threads,
+        **process,
         "divalign_compile": args.compile,
         **timing.summary(args.warmup, ("generate_s", "score_s", "reference_s", "forward_backward_s", "optimizer_s")),
         "divalign_reward_last": timing.divalign_rows[-1]["reward_mean"],

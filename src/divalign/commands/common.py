@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from divalign.allocator import keep_freed_memory
 from divalign.config import dump_yaml
 from divalign.errors import UserError
 
@@ -42,7 +43,10 @@ def run_training(trainer, run_dir: str | os.PathLike, config, state: dict | None
                      resumed=config.resume, **extra)
 
 
-def set_threads(threads: int) -> None:
+def configure_cpu(threads: int) -> None:
+    """Process settings every command applies: torch's thread count (when given) and an allocator that keeps
+    freed memory between steps (:mod:`divalign.allocator`)."""
+    keep_freed_memory()
     if threads > 0:
         torch.set_num_threads(threads)
 

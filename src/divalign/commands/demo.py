@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from divalign.charlm import build_char_tokenizer, tiny_llama
-from divalign.commands.common import check_output_dir, create_run_dir, positive, set_threads
+from divalign.commands.common import check_output_dir, configure_cpu, create_run_dir, positive
 from divalign.config import build
 from divalign.data.sft import Demonstration
 from divalign.errors import UserError
@@ -133,7 +133,7 @@ def run(config: DemoConfig) -> dict:
     )
     out = check_output_dir(config.output_dir, resume=False)
     rl_cfg = rl_config(config, out)  # validates objective options (divergence name, beta) before writing
-    set_threads(config.threads)
+    configure_cpu(config.threads)
     torch.manual_seed(config.seed)
 
     task = ArithmeticTask(ArithmeticConfig(operands="2", max_value=99, operators="+-"))

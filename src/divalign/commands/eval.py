@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from divalign import rewards
-from divalign.commands.common import check_output_dir, create_run_dir, non_negative, positive, set_threads
+from divalign.commands.common import check_output_dir, configure_cpu, create_run_dir, non_negative, positive
 from divalign.data.prompts import read_prompt_file
 from divalign.data.records import read_records, require_fields
 from divalign.errors import UserError
@@ -136,7 +136,7 @@ def validate(config: EvalConfig) -> None:
 def run(config: EvalConfig) -> dict:
     validate(config)
     out = check_output_dir(config.output_dir, config.resume)
-    set_threads(config.threads)
+    configure_cpu(config.threads)
     torch.manual_seed(config.seed)
     model, tokenizer = load_causal_lm(config.model, trust_remote_code=config.trust_remote_code)
     model.requires_grad_(False)

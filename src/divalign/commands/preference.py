@@ -7,7 +7,7 @@ import random
 import torch
 
 from divalign import objectives
-from divalign.commands.common import check_output_dir, non_negative, positive, run_training, set_threads
+from divalign.commands.common import check_output_dir, configure_cpu, non_negative, positive, run_training
 from divalign.data.preferences import (
     Pair,
     Unpaired,
@@ -104,7 +104,7 @@ def run(config: PreferenceConfig) -> list[dict]:
     train, held = train_and_held_out(lambda path: load(path, config, paired), config)
     run_dir = check_output_dir(config.output_dir, config.resume)
     checkpoint, state = resume_point(run_dir) if config.resume else (None, None)
-    set_threads(config.threads)
+    configure_cpu(config.threads)
     torch.manual_seed(config.seed)
     reference, tokenizer = load_causal_lm(config.model, trust_remote_code=config.trust_remote_code)
     policy = (

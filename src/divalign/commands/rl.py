@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from divalign import objectives, rewards
-from divalign.commands.common import check_output_dir, non_negative, positive, run_training, set_threads
+from divalign.commands.common import check_output_dir, configure_cpu, non_negative, positive, run_training
 from divalign.data.prompts import DatasetPrompts, read_prompt_file
 from divalign.errors import UserError
 from divalign.models import frozen_copy, load_causal_lm
@@ -73,7 +73,7 @@ def run(config: RLConfig) -> list[dict]:
     preference = preference_items(config) if objectives.get(config.objective).family == "hybrid" else None
     run_dir = check_output_dir(config.output_dir, config.resume)
     checkpoint, state = resume_point(run_dir) if config.resume else (None, None)
-    set_threads(config.threads)
+    configure_cpu(config.threads)
     torch.manual_seed(config.seed)
     policy_path = checkpoint / FINAL_MODEL if checkpoint is not None else config.model
     policy, tokenizer = load_causal_lm(policy_path, trust_remote_code=config.trust_remote_code)

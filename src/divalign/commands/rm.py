@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from divalign.commands.common import check_output_dir, non_negative, positive, run_training, set_threads
+from divalign.commands.common import check_output_dir, configure_cpu, non_negative, positive, run_training
 from divalign.commands.preference import BUILTIN, builtin_data, train_and_held_out
 from divalign.data.preferences import read_pairs
 from divalign.errors import UserError
@@ -30,7 +30,7 @@ def run(config: RMConfig) -> list[dict]:
     train, held = train_and_held_out(lambda path: load_pairs(path, config), config, "pairs")
     run_dir = check_output_dir(config.output_dir, config.resume)
     checkpoint, state = resume_point(run_dir) if config.resume else (None, None)
-    set_threads(config.threads)
+    configure_cpu(config.threads)
     torch.manual_seed(config.seed)
     model, tokenizer = load_reward_model(
         checkpoint / FINAL_MODEL if checkpoint else config.model, config.trust_remote_code, config.seed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from divalign.commands.common import check_output_dir, non_negative, positive, run_training, set_threads
+from divalign.commands.common import check_output_dir, configure_cpu, non_negative, positive, run_training
 from divalign.data.sft import read_sft, render
 from divalign.errors import UserError
 from divalign.models import load_causal_lm
@@ -24,7 +24,7 @@ def run(config: SFTConfig) -> list[dict]:
     eval_items = read_sft(config.eval_data, *fields) if config.eval_data else None
     run_dir = check_output_dir(config.output_dir, config.resume)
     checkpoint, state = resume_point(run_dir) if config.resume else (None, None)
-    set_threads(config.threads)
+    configure_cpu(config.threads)
     torch.manual_seed(config.seed)
     model, tokenizer = load_causal_lm(
         checkpoint / FINAL_MODEL if checkpoint else config.model, trust_remote_code=config.trust_remote_code
