@@ -167,10 +167,11 @@ def completion_logprobs(
     with_entropy: bool = False,
     group_size: int = 1,
     fast: bool = True,
+    share_prompt: bool | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-token log π(y_t | x, y_<t) of the completion tokens, (B, T), in fp32, 0 on padding; and the entropy
     when asked. See :func:`completion_forward`."""
-    out = completion_forward(model, batch, temperature, with_entropy, group_size, fast)
+    out = completion_forward(model, batch, temperature, with_entropy, group_size, fast, share_prompt=share_prompt)
     return out.logprobs, out.entropy
 
 
@@ -182,6 +183,7 @@ def completion_forward(
     group_size: int = 1,
     fast: bool = True,
     with_hidden: bool = False,
+    share_prompt: bool | None = None,
 ) -> CompletionOutput:
     """One forward pass over prompts + completions; the one place log-probabilities of completions come from.
 
@@ -191,9 +193,10 @@ def completion_forward(
     feed a value head.
 
     With ``group_size`` G > 1, consecutive rows come in groups of G that share one prompt (as in GRPO): the
-    prompt then runs once per group and its key-value cache is repeated for the G completions. Gradients reach
-    the prompt through the cache, so values and gradients equal the unshared computation; the forward does
-    G-fold less work on prompt tokens.
+    prompt can run once per group, its key-value cache repeated for the G completions. Gradients reach the prompt
+    through the cache, so values and gradients equal the unshared computation; the forward does G-fold less work
+    on prompt tokens but runs in two passes. ``share_prompt`` True or False forces the choice; None shares when
+    :func:`prompt_sharing_pays`.
 
     Llama-family models run through :mod:`divalign.llama_fast` (same values, fewer operations) unless
     ``fast=False``; every other model through its own Hugging Face forward.
@@ -203,6 +206,8 @@ def completion_forward(
     mask = batch.completion_mask
     if group_size > 1:
         _check_groups(batch, group_size)
+        if not (prompt_sharing_pays(model, batch, group_size) if share_prompt is None else share_prompt):
+            group_size = 1
     hidden = None
     if fast and llama_fast.supports(model):
         hidden, w = llama_fast.completion_hidden(model, batch.input_ids, batch.attention_mask, prompt_len, group_size)
@@ -226,6 +231,22 @@ def completion_forward(
         logits = logits / temperature
     logp, entropy = logprobs_from_logits(logits, tokens, mask, with_entropy)
     return CompletionOutput(logp, entropy, hidden if with_hidden else None)
+
+
+#: Break-even of prompt sharing, in saved prompt tokens × model parameters. Sharing adds a pass whose cost is
+#: mostly a fixed number of operations, repaid by the prompt tokens it saves, whose cost grows with the model.
+#: Measured with the 0.5M-parameter speed model on 2 CPU cores (benchmarks/dpo_speed.py, grpo_speed.py): saving
+#: 56 prompt tokens per step (DPO, 8 pairs) made the step 9 % slower; saving 196 (GRPO, 4 prompts × 8), 6–11 %
+#: faster. Models of a few million parameters and up share whenever a prompt repeats.
+PROMPT_SHARING_BREAK_EVEN = 5e7
+
+
+def prompt_sharing_pays(model, batch: SequenceBatch, group_size: int) -> bool:
+    """Whether running each group's prompt once saves more than its extra pass costs (see
+    :data:`PROMPT_SHARING_BREAK_EVEN`)."""
+    rows = batch.input_ids.shape[0]
+    saved_tokens = (rows - rows // group_size) * batch.prompt_length
+    return saved_tokens * param_count(model) >= PROMPT_SHARING_BREAK_EVEN
 
 
 def _check_groups(batch: SequenceBatch, group_size: int) -> None:
