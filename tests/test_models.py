@@ -149,8 +149,7 @@ def test_compiled_lean_forward_equals_eager_in_value_and_gradient(tiny_model_dir
 def test_prompt_sharing_pays_only_when_the_saved_prompt_work_outweighs_a_second_pass():
     """The break-even measured on the 0.5M-parameter speed model: a DPO step (8 pairs, 7-token prompts) runs
     unshared, a GRPO step (4 prompts × 8 samples) shares; a 100× larger model shares both."""
-    from divalign.charlm import build_char_tokenizer, tiny_llama
-    from divalign.models import SequenceBatch, param_count, prompt_sharing_pays
+    from divalign.models import param_count, prompt_sharing_pays
 
     tok = build_char_tokenizer("0123456789+-=")
     small = tiny_llama(tok, hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -165,3 +164,4 @@ def test_prompt_sharing_pays_only_when_the_saved_prompt_work_outweighs_a_second_
     large = tiny_llama(tok, hidden_size=1024, intermediate_size=4096, num_layers=4, num_heads=8, num_kv_heads=4,
                        max_positions=64)
     assert prompt_sharing_pays(large, batch(16), 2)
+
