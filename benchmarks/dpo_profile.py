@@ -5,12 +5,15 @@ Same model, pairs and settings as ``dpo_speed.py`` (live reference unless --prec
 
     python benchmarks/dpo_profile.py --steps 200
     python benchmarks/dpo_profile.py --steps 200 --compile
+    python benchmarks/dpo_profile.py --steps 200 --batch-size 1     # the step's fixed cost
+    python benchmarks/dpo_profile.py --steps 200 --always-share-prompt
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import tempfile
 import time
@@ -43,23 +46,33 @@ def main() -> None:
     add_process_options(parser)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--precompute", action="store_true", help="reference log-probabilities computed once")
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
+    parser.add_argument("--always-share-prompt", action="store_true",
+                        help="run each pair's prompt once even where models.prompt_sharing_pays says it does not pay")
     args = parser.parse_args()
     process = apply_process_options(args)
 
+    from divalign import models
     from divalign.config import build
     from divalign.data.preferences import Pair
     from divalign.models import frozen_copy, load_causal_lm
     from divalign.trainers.preference import PreferenceConfig, PreferenceTrainer
 
+    if args.always_share_prompt:
+        models.PROMPT_SHARING_BREAK_EVEN = 0
     folder = speed_model(tempfile.mkdtemp(prefix="dpo-profile-"))
     policy, tokenizer = load_causal_lm(folder)
     config = build(PreferenceConfig, {
-        "model": folder, "objective": "dpo", "batch_size": 8, "max_length": 32, "learning_rate": 1e-5,
+        "model": folder, "objective": "dpo", "batch_size": args.batch_size, "max_length": 32, "learning_rate": 1e-5,
         "steps": args.warmup + args.steps, "precompute_reference": args.precompute, "dpo": {"beta": 0.1},
         "progress": False, "compile": args.compile,
     })
     trainer = PreferenceTrainer(policy, tokenizer, config, [Pair(*p) for p in make_pairs(400)], frozen_copy(policy))
-    rows = [trainer.step(step) for step in range(args.warmup + args.steps)][args.warmup:]
+    for step in range(args.warmup):
+        trainer.step(step)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    rows = [trainer.step(step) for step in range(args.warmup, args.warmup + args.steps)]
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / args.steps
     phases = {key: round(1000 * statistics.median(r[key] for r in rows), 2)
               for key in ("step_s", "forward_backward_s", "reference_s", "optimizer_s")}
 
@@ -68,8 +81,9 @@ def main() -> None:
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     qkv = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * head_dim
     batch = trainer.data.batch(trainer._rows(trainer._units(0)), tokenizer.pad_token_id)
-    prompts = batch.input_ids.shape[0] // 2 * batch.prompt_length
-    tokens = prompts + batch.input_ids.shape[0] * (batch.input_ids.shape[1] - batch.prompt_length - 1)
+    shared = models.prompt_sharing_pays(policy, batch, 2)
+    n_rows, width = batch.input_ids.shape
+    tokens = n_rows // 2 * batch.prompt_length + n_rows * (width - batch.prompt_length - 1) if shared else n_rows * width
     h, i = cfg.hidden_size, cfg.intermediate_size
     per_token = h * qkv + cfg.num_attention_heads * head_dim * h + 2 * h * i + i * h
     passes = 3 + (0 if args.precompute else 1)  # forward, backward (two products each), reference
@@ -77,8 +91,10 @@ def main() -> None:
     throughput = product_throughput([(tokens, h, 2 * i), (tokens, i, h), (tokens, h, qkv)])
     result = {
         "benchmark": "dpo_step_profile", **process, "compile": args.compile,
-        "reference": "precomputed" if args.precompute else "live", "steps_measured": len(rows),
-        "phases_ms": phases, "tokens_per_step": tokens, "product_gflop_per_step": round(flops / 1e9, 3),
+        "reference": "precomputed" if args.precompute else "live", "batch_size": args.batch_size,
+        "prompt_shared": shared, "steps_measured": len(rows), "phases_ms": phases,
+        "page_faults_per_step": round(faults, 1), "tokens_per_step": tokens,
+        "product_gflop_per_step": round(flops / 1e9, 3),
         "product_gflops": throughput,
         "product_floor_ms": round(1000 * flops / (1e9 * statistics.median(throughput.values())), 2),
     }

@@ -164,4 +164,3 @@ def test_prompt_sharing_pays_only_when_the_saved_prompt_work_outweighs_a_second_
     large = tiny_llama(tok, hidden_size=1024, intermediate_size=4096, num_layers=4, num_heads=8, num_kv_heads=4,
                        max_positions=64)
     assert prompt_sharing_pays(large, batch(16), 2)
-
