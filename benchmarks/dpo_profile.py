@@ -6,7 +6,7 @@ Same model, pairs and settings as ``dpo_speed.py`` (live reference unless --prec
     python benchmarks/dpo_profile.py --steps 200
     python benchmarks/dpo_profile.py --steps 200 --compile
     python benchmarks/dpo_profile.py --steps 200 --batch-size 1     # the step's fixed cost
-    python benchmarks/dpo_profile.py --steps 200 --always-share-prompt
+    python benchmarks/dpo_profile.py --steps 200 --share-prompt always
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--precompute", action="store_true", help="reference log-probabilities computed once")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
-    parser.add_argument("--always-share-prompt", action="store_true",
-                        help="run each pair's prompt once even where models.prompt_sharing_pays says it does not pay")
+    parser.add_argument("--share-prompt", choices=("auto", "always", "never"), default="auto",
+                        help="run each pair's prompt once where models.prompt_sharing_pays says it pays (auto), "
+                             "always or never")
     args = parser.parse_args()
     process = apply_process_options(args)
 
@@ -58,8 +59,8 @@ def main() -> None:
     from divalign.models import frozen_copy, load_causal_lm
     from divalign.trainers.preference import PreferenceConfig, PreferenceTrainer
 
-    if args.always_share_prompt:
-        models.PROMPT_SHARING_BREAK_EVEN = 0
+    if args.share_prompt != "auto":
+        models.PROMPT_SHARING_BREAK_EVEN = 0 if args.share_prompt == "always" else float("inf")
     folder = speed_model(tempfile.mkdtemp(prefix="dpo-profile-"))
     policy, tokenizer = load_causal_lm(folder)
     config = build(PreferenceConfig, {
@@ -83,7 +84,8 @@ def main() -> None:
     batch = trainer.data.batch(trainer._rows(trainer._units(0)), tokenizer.pad_token_id)
     shared = models.prompt_sharing_pays(policy, batch, 2)
     n_rows, width = batch.input_ids.shape
-    tokens = n_rows // 2 * batch.prompt_length + n_rows * (width - batch.prompt_length - 1) if shared else n_rows * width
+    completions = n_rows * (width - batch.prompt_length - 1)
+    tokens = n_rows // 2 * batch.prompt_length + completions if shared else n_rows * width
     h, i = cfg.hidden_size, cfg.intermediate_size
     per_token = h * qkv + cfg.num_attention_heads * head_dim * h + 2 * h * i + i * h
     passes = 3 + (0 if args.precompute else 1)  # forward, backward (two products each), reference

@@ -235,9 +235,9 @@ def completion_forward(
 
 #: Break-even of prompt sharing, in saved prompt tokens × model parameters. Sharing adds a pass whose cost is
 #: mostly a fixed number of operations, repaid by the prompt tokens it saves, whose cost grows with the model.
-#: Measured with the 0.5M-parameter speed model on 2 CPU cores (benchmarks/dpo_speed.py, grpo_speed.py): saving
-#: 56 prompt tokens per step (DPO, 8 pairs) made the step 9 % slower; saving 196 (GRPO, 4 prompts × 8), 6–11 %
-#: faster. Models of a few million parameters and up share whenever a prompt repeats.
+#: Measured with the 0.5M-parameter speed model on 2 CPU cores (benchmarks/dpo_profile.py --share-prompt
+#: always|never): saving 56 prompt tokens per step (8 pairs) made the DPO step 8–15 % slower, saving 112 (16
+#: pairs) left it unchanged. Models of a few million parameters and up share whenever a prompt repeats.
 PROMPT_SHARING_BREAK_EVEN = 5e7
 
 
