@@ -19,6 +19,7 @@ log-probabilities and gradients against the Hugging Face forward pass.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -298,6 +299,16 @@ def logits_of(hidden: Tensor, w: Weights) -> Tensor:
 # ----------------------------------------------------------------------------- decoding
 
 
+@functools.lru_cache(maxsize=8)
+def rotate_half_matrix(d: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The constant (D, D) matrix R with x @ R == rotate_half(x) = (−x₂, x₁); built once per shape."""
+    half = d // 2
+    rot = torch.zeros(d, d, dtype=dtype, device=device)
+    rot[torch.arange(half) + half, torch.arange(half)] = -1.0
+    rot[torch.arange(half), torch.arange(half) + half] = 1.0
+    return rot
+
+
 class Decoder:
     """Prefill and one-token steps over folded weights (no autograd). ``refresh`` re-reads the parameters.
 
@@ -308,19 +319,13 @@ class Decoder:
 
     def __init__(self, model):
         self.model = model
-        self._rot = None
         self.refresh()
 
     def refresh(self) -> None:
         w = weights(self.model, fold=True)
         self.w = w
         qk = (w.hq + w.hk) * w.d
-        if self._rot is None:  # constant: x @ rot == rotate_half(x)
-            half = w.d // 2
-            self._rot = torch.zeros(w.d, w.d, dtype=w.embed.dtype, device=w.embed.device)
-            self._rot[torch.arange(half) + half, torch.arange(half)] = -1.0
-            self._rot[torch.arange(half), torch.arange(half) + half] = 1.0
-        rot = self._rot
+        rot = rotate_half_matrix(w.d, w.embed.dtype, w.embed.device)
         self.step_qkv = []
         for layer in w.layers:
             qk_cols = layer.wqkv[:, :qk]

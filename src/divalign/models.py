@@ -206,8 +206,10 @@ def completion_forward(
     mask = batch.completion_mask
     if group_size > 1:
         _check_groups(batch, group_size)
-        if not (prompt_sharing_pays(model, batch, group_size) if share_prompt is None else share_prompt):
-            group_size = 1
+        if share_prompt is None:
+            share_prompt = prompt_sharing_pays(model, batch, group_size)
+        if not share_prompt:
+            group_size = 1  # one pass over whole rows
     hidden = None
     if fast and llama_fast.supports(model):
         hidden, w = llama_fast.completion_hidden(model, batch.input_ids, batch.attention_mask, prompt_len, group_size)
