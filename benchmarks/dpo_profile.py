@@ -75,7 +75,7 @@ def main() -> None:
     rows = [trainer.step(step) for step in range(args.warmup, args.warmup + args.steps)]
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / args.steps
     phases = {key: round(1000 * statistics.median(r[key] for r in rows), 2)
-              for key in ("step_s", "forward_backward_s", "reference_s", "optimizer_s")}
+              for key in ("step_s", "forward_backward_s", "optimizer_s")}
 
     # The step's products: per layer x @ Wqkv, attention @ Wo, x @ Wgate_up, h @ Wdown over the batch's tokens.
     cfg = policy.config

@@ -93,7 +93,7 @@ def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: 
     return {
         "reference": "precomputed" if precompute else "live",
         "divalign_compile": compile_forward,
-        **timing.summary(warmup, ("forward_backward_s", "reference_s", "optimizer_s")),
+        **timing.summary(warmup, ("forward_backward_s", "optimizer_s")),
         "setup_s": {"trl": trl_setup, "divalign": da_setup},
     }
 

@@ -120,6 +120,44 @@ def test_lean_and_shared_prompt_logprobs_equal_the_hf_forward_in_value_and_gradi
         completion_logprobs(model, batch, group_size=3)
 
 
+@pytest.mark.parametrize("kv_heads", [2, 4])
+def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_heads):
+    """The written-out backward with the reference stacked in the same pass (llama_train): the policy's values and
+    gradients and the reference's values equal separate Hugging Face forwards; the reference gets no gradient."""
+    from divalign.charlm import write_tiny_model
+    from divalign.generation import make_sampler
+    from divalign.models import completion_forward, frozen_copy
+
+    folder = write_tiny_model(tmp_path / "m", hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+                              num_kv_heads=kv_heads, max_positions=64)
+    model, tok = load_causal_lm(folder)
+    reference = frozen_copy(model)
+    with torch.no_grad():  # make the two models differ
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    prompts = [tok(p)["input_ids"] for p in ["12+3=", "1+1=", "45-67="]]
+    batch = make_sampler(model, tok).generate(prompts, 7, generator=torch.Generator().manual_seed(0),
+                                              num_samples=2).sequences()
+    assert not batch.attention_mask.all()  # left-padded prompts and right-padded completions
+    weights = torch.randn(batch.completion_mask.shape)
+
+    expected = completion_logprobs(model, batch, temperature=0.8, fast=False)[0]
+    (expected * weights).sum().backward()
+    expected_grads = [p.grad.clone() for p in model.parameters()]
+    with torch.no_grad():
+        expected_ref = completion_logprobs(reference, batch, temperature=0.8, fast=False)[0]
+
+    model.zero_grad()
+    out = completion_forward(model, batch, temperature=0.8, reference=reference)
+    (out.logprobs * weights).sum().backward()
+    torch.testing.assert_close(out.logprobs.detach(), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.reference_logprobs, expected_ref, atol=1e-5, rtol=0)
+    assert not out.reference_logprobs.requires_grad
+    assert all(p.grad is None for p in reference.parameters())
+    for p, g_ref in zip(model.parameters(), expected_grads):
+        torch.testing.assert_close(p.grad, g_ref, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_compiled_lean_forward_equals_eager_in_value_and_gradient(tiny_model_dir):
     """``compile: true`` (torch.compile of the lean forward, about a minute on CPU) changes no value or gradient."""

@@ -81,10 +81,8 @@ def test_live_reference_equals_precomputed(tiny_model_dir):
         rows.append([trainer.step(s) for s in range(3)])
     assert [r["loss"] for r in rows[0]] == pytest.approx([r["loss"] for r in rows[1]], abs=1e-6)
     for row in rows[0] + rows[1]:
-        phases = row["forward_backward_s"] + row["reference_s"] + row["optimizer_s"]
+        phases = row["forward_backward_s"] + row["optimizer_s"]
         assert row["forward_backward_s"] > 0 and row["optimizer_s"] > 0 and phases <= row["step_s"]
-    # A live reference runs a forward pass per step; the cached one only indexes a tensor.
-    assert sum(r["reference_s"] for r in rows[1]) > sum(r["reference_s"] for r in rows[0])
 
 
 def test_hh_rlhf_split_and_identical_pairs(shared_data, capsys):

@@ -136,11 +136,15 @@ def rms_norm(x: Tensor, gain: Tensor | None, eps: float) -> Tensor:
 
 def rope_tables(w: Weights, length: int, device) -> tuple[Tensor, Tensor]:
     """cos and sin of every position < ``length``, (length, D), as in LlamaRotaryEmbedding."""
+    return rope_table(w.inv_freq, w.rope_scale, w.embed.dtype, length, device)
+
+
+def rope_table(inv_freq: Tensor, scale: float, dtype: torch.dtype, length: int, device) -> tuple[Tensor, Tensor]:
+    """:func:`rope_tables` from the rotary embedding's inverse frequencies and attention scaling."""
     t = torch.arange(length, dtype=torch.float32, device=device)
-    freqs = torch.outer(t, w.inv_freq.to(device))
+    freqs = torch.outer(t, inv_freq.float().to(device))
     emb = torch.cat([freqs, freqs], dim=-1)
-    dtype = w.embed.dtype
-    return (emb.cos() * w.rope_scale).to(dtype), (emb.sin() * w.rope_scale).to(dtype)
+    return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -245,6 +249,11 @@ def enable_compile(enabled: bool = True) -> None:
         # cpp_wrapper: the compiled graph launches its kernels from C++ rather than Python (about 5 % of a DPO
         # step of the speed benchmark, benchmarks/dpo_profile.py --compile)
         _compiled["completion_hidden"] = torch.compile(_completion_hidden, dynamic=True, options={"cpp_wrapper": True})
+
+
+def compiled() -> bool:
+    """Whether :func:`enable_compile` is on in this process."""
+    return "completion_hidden" in _compiled
 
 
 def completion_hidden(

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from divalign import llama_fast
+from divalign import llama_fast, llama_train
 from divalign.errors import UserError
 
 
@@ -158,6 +158,7 @@ class CompletionOutput:
     logprobs: Tensor  #: (B, T) log π(y_t | x, y_<t), fp32, 0 on padding
     entropy: Tensor | None  #: (B, T) entropy of the next-token distribution (no gradient), when asked
     hidden: Tensor | None  #: (B, T, hidden) last hidden state at the positions predicting each token, when asked
+    reference_logprobs: Tensor | None = None  #: (B, T) the same under the reference model (no gradient), when given
 
 
 def completion_logprobs(
@@ -184,13 +185,15 @@ def completion_forward(
     fast: bool = True,
     with_hidden: bool = False,
     share_prompt: bool | None = None,
+    reference=None,
 ) -> CompletionOutput:
     """One forward pass over prompts + completions; the one place log-probabilities of completions come from.
 
     Logits are divided by ``temperature`` so that the result matches the distribution that sampled the
     completions. Only the logits of completion positions are computed. The entropy of the next-token
     distribution is computed without gradient when asked (a diagnostic, not part of any loss); the hidden states
-    feed a value head.
+    feed a value head. With a ``reference`` model, its log-probabilities of the same tokens come back too,
+    without gradient.
 
     With ``group_size`` G > 1, consecutive rows come in groups of G that share one prompt (as in GRPO): the
     prompt can run once per group, its key-value cache repeated for the G completions. Gradients reach the prompt
@@ -199,7 +202,8 @@ def completion_forward(
     :func:`prompt_sharing_pays`.
 
     Llama-family models run through :mod:`divalign.llama_fast` (same values, fewer operations) unless
-    ``fast=False``; every other model through its own Hugging Face forward.
+    ``fast=False``; with gradient and unshared prompts, through :mod:`divalign.llama_train` (a written-out
+    backward, and the reference in the same pass); every other model through its own Hugging Face forward.
     """
     prompt_len = batch.prompt_length
     tokens = batch.input_ids[:, prompt_len:]
@@ -210,8 +214,14 @@ def completion_forward(
             share_prompt = prompt_sharing_pays(model, batch, group_size)
         if not share_prompt:
             group_size = 1  # one pass over whole rows
-    hidden = None
-    if fast and llama_fast.supports(model):
+    hidden = ref_logits = None
+    fast_model = fast and llama_fast.supports(model)
+    if fast_model and group_size == 1 and torch.is_grad_enabled() and not llama_fast.compiled():
+        stacked = reference if llama_train.same_shape(model, reference) else None
+        hidden, ref_logits = llama_train.completion_hidden(model, batch.input_ids, batch.attention_mask, prompt_len,
+                                                           stacked)
+        logits = model.lm_head(hidden)
+    elif fast_model:
         hidden, w = llama_fast.completion_hidden(model, batch.input_ids, batch.attention_mask, prompt_len, group_size)
         logits = llama_fast.logits_of(hidden, w)
     elif group_size > 1 and tokens.shape[1] > 0:
@@ -228,11 +238,20 @@ def completion_forward(
         logits = out.logits[:, :-1]
         if with_hidden:
             hidden = out.hidden_states[-1][:, prompt_len - 1 : -1]
+    logp, entropy = logprobs_from_logits(_scaled(logits, temperature), tokens, mask, with_entropy)
+    ref_logp = None
+    if ref_logits is not None:
+        ref_logp, _ = logprobs_from_logits(_scaled(ref_logits, temperature), tokens, mask)
+    elif reference is not None:
+        with torch.no_grad():
+            ref_logp = completion_forward(reference, batch, temperature, group_size=group_size, fast=fast,
+                                          share_prompt=group_size > 1).logprobs
+    return CompletionOutput(logp, entropy, hidden if with_hidden else None, ref_logp)
+
+
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
     logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp, entropy = logprobs_from_logits(logits, tokens, mask, with_entropy)
-    return CompletionOutput(logp, entropy, hidden if with_hidden else None)
+    return logits / temperature if temperature != 1.0 else logits
 
 
 #: Break-even of prompt sharing, in saved prompt tokens × model parameters. Sharing adds a pass whose cost is

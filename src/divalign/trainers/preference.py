@@ -21,7 +21,7 @@ from divalign import llama_fast, objectives
 from divalign.data.order import EpochOrder
 from divalign.data.preferences import Pair, Unpaired
 from divalign.data.tokens import fit, pad
-from divalign.models import SequenceBatch, completion_logprobs
+from divalign.models import SequenceBatch, completion_forward, completion_logprobs
 from divalign.objectives import PairBatch, UnpairedBatch
 from divalign.objectives.pairs import DPOOptions, FDPOOptions, FPOOptions, IPOOptions
 from divalign.objectives.unpaired import FDOOptions, KTOOptions
@@ -135,6 +135,13 @@ def batch_logps(model, batch: SequenceBatch, group: int, fast: bool) -> tuple[to
     return logp.sum(-1), batch.completion_mask.sum(-1).float()
 
 
+def policy_and_reference_logps(policy, reference, batch: SequenceBatch, group: int, fast: bool):
+    """(policy's sequence log-probabilities, response lengths, reference's sequence log-probabilities without
+    gradient), in one pass where the models allow it (see :func:`divalign.models.completion_forward`)."""
+    out = completion_forward(policy, batch, group_size=group, fast=fast, reference=reference)
+    return out.logprobs.sum(-1), batch.completion_mask.sum(-1).float(), out.reference_logprobs.sum(-1)
+
+
 class PreferenceTrainer:
     def __init__(
         self,
@@ -191,21 +198,23 @@ class PreferenceTrainer:
         counts = self._counts(units)
         if self.config.objective == "kto" and len(units) > 1:
             counts.update(self._kto_reference_point(units))
-        timings = {"reference_s": 0.0, "forward_backward_s": 0.0}
+        # forward_backward_s includes the live reference's forward, which runs in the policy's pass
+        timings = {"forward_backward_s": 0.0}
         for start in range(0, len(units), micro):
             part = units[start : start + micro]
             rows = self._rows(part)
             begin = time.perf_counter()
             batch = self.data.batch(rows, self.tokenizer.pad_token_id)
-            logps, lengths = batch_logps(self.policy, batch, self.data.group, cfg.fast_path)
-            ref_begin = time.perf_counter()
-            ref = self._reference(rows, batch)
-            ref_end = time.perf_counter()
+            if self.ref_logps is None:
+                logps, lengths, ref = policy_and_reference_logps(self.policy, self.reference, batch,
+                                                                 self.data.group, cfg.fast_path)
+            else:
+                logps, lengths = batch_logps(self.policy, batch, self.data.group, cfg.fast_path)
+                ref = self.ref_logps[rows]
             loss, metrics = self._loss(part, logps, lengths, ref, counts)
             loss.backward()
             loss_total += float(loss.item())
-            timings["reference_s"] += ref_end - ref_begin
-            timings["forward_backward_s"] += (ref_begin - begin) + (time.perf_counter() - ref_end)
+            timings["forward_backward_s"] += time.perf_counter() - begin
             for key, value in metrics.items():
                 summed[key] = summed.get(key, 0.0) + value
         if not self.paired:
@@ -241,12 +250,6 @@ class PreferenceTrainer:
             return {"num_pairs": len(units)}
         labels = self.labels[units]
         return {"num_desirable": int(labels.sum()), "num_undesirable": int((~labels).sum())}
-
-    def _reference(self, rows: list[int], batch: SequenceBatch) -> torch.Tensor:
-        if self.ref_logps is not None:
-            return self.ref_logps[rows]
-        with torch.no_grad():
-            return batch_logps(self.reference, batch, self.data.group, self.config.fast_path)[0]
 
     def _loss(self, units, logps, lengths, ref, counts):
         if self.paired:

@@ -1,0 +1,304 @@
+"""The Llama training forward with a hand-written backward, and the frozen reference run in the same pass.
+
+For the small models this library trains on CPU, a training step's time goes mostly to per-operation overhead:
+each autograd node costs the recording of the forward and a visit by the backward engine, and composite
+operations (RMSNorm's backward, SDPA at short lengths) issue many small kernels. :class:`_Stack` does the
+decoder stack of a Llama model as one autograd node: its forward runs the layers with plain tensor operations
+and keeps what the backward needs, its backward is written out (RMSNorm, RoPE, attention and SwiGLU by their
+derivatives) and returns the gradients of the model's own parameters. The embedding lookup, the final norm and
+the output head stay with autograd (they are few operations).
+
+With a frozen reference model of the same shape, both models run in one pass: their weights are stacked on a
+leading axis and every product is a batched product over the two, so the reference costs its arithmetic but
+almost none of its own per-operation overhead. The backward runs for the policy only.
+
+Values and gradients equal :func:`divalign.llama_fast.completion_hidden` (tests compare them with the Hugging
+Face forward). Used for the gradient pass of :func:`divalign.models.completion_forward` where
+:func:`divalign.llama_fast.supports` the model and prompts are not shared.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from divalign import llama_fast
+
+#: per layer, in this order: the attention norm gain, q, k, v, o, the MLP norm gain, gate, up, down
+_PER_LAYER = 9
+
+
+def layer_parameters(model) -> list[Tensor]:
+    """The decoder parameters of ``model`` in the order :class:`_Stack` takes them."""
+    out = []
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        out += [layer.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
+                layer.post_attention_layernorm.weight, m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight]
+    return out
+
+
+def same_shape(model, reference) -> bool:
+    """Whether ``reference`` can run stacked with ``model`` (same architecture and sizes, same dtype)."""
+    if reference is None or not llama_fast.supports(reference):
+        return False
+    a, b = layer_parameters(model), layer_parameters(reference)
+    return len(a) == len(b) and all(x.shape == y.shape and x.dtype == y.dtype for x, y in zip(a, b))
+
+
+@dataclass(frozen=True)
+class _Dims:
+    """The model's attention sizes."""
+
+    hq: int
+    hk: int
+    d: int
+    eps: float
+    scale: float  #: 1/√D
+
+    @staticmethod
+    def of(model) -> _Dims:
+        cfg = model.config
+        d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return _Dims(cfg.num_attention_heads, cfg.num_key_value_heads, d, cfg.rms_norm_eps, d**-0.5)
+
+
+def _tables(model, mask: Tensor, real: Tensor, dtype: torch.dtype, dims: _Dims
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per real token (R, 1, D): cos, the forward sin and the backward sin of RoPE (see :func:`_rotate`); and the
+    attention bias (n·Hkv, rep·L, L), 0 where a query may see a key and −inf elsewhere, its rows the queries of the
+    rep heads that share a key head."""
+    n, length = mask.shape
+    rotary = model.model.rotary_emb
+    cos_t, sin_t = llama_fast.rope_table(rotary.inv_freq, rotary.attention_scaling, dtype, length, mask.device)
+    pos = llama_fast._positions(mask).reshape(-1)[real]
+    half = dims.d // 2
+    sign = torch.ones(dims.d, dtype=dtype, device=mask.device)
+    sign[:half] = -1
+    cos, sin = cos_t[pos].unsqueeze(1), sin_t[pos].unsqueeze(1)
+    allowed = llama_fast.causal_mask(mask)  # (n, L, L)
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill_(~allowed, float("-inf"))
+    rep = dims.hq // dims.hk
+    bias = bias[:, None, None].expand(-1, dims.hk, rep, -1, -1).reshape(n * dims.hk, rep * length, length)
+    return cos, sin * sign, sin.roll(half, -1) * -sign, bias
+
+
+# ----------------------------------------------------------------------------- the layer math (pure functions)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin_fwd: Tensor) -> Tensor:
+    """RoPE on (T, heads, D): x·cos + rotate_half(x)·sin, rotate_half(x) = (−x₂, x₁) written as roll(x)·(−1, 1)
+    with the sign in ``sin_fwd``."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_fwd)
+
+
+def _unrotate(g: Tensor, cos: Tensor, sin_bwd: Tensor) -> Tensor:
+    """The gradient through :func:`_rotate`: g·cos + rotate_halfᵀ(g·sin), rotate_halfᵀ(y) = (y₂, −y₁) =
+    roll(y)·(1, −1), with roll(sin) and the sign in ``sin_bwd``."""
+    return torch.addcmul(g * cos, g.roll(g.shape[-1] // 2, -1), sin_bwd)
+
+
+def _norm(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """RMSNorm without gain: (x̂, r) with x̂ = x·r, r = 1/√(mean(x²) + ε) per row."""
+    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return x * r, r
+
+
+def _norm_backward(g: Tensor, normed: Tensor, r: Tensor) -> Tensor:
+    """Gradient of x̂(x) given the output gradient ``g``: r·(g − x̂·mean(g·x̂))."""
+    return (g - normed * (g * normed).mean(-1, keepdim=True)) * r
+
+
+def _padded(t: Tensor, real: Tensor, total: int) -> Tensor:
+    """(M, R, C) rows of the real tokens → (M, total, C) with zeros at the padding."""
+    out = t.new_zeros(t.shape[0], total, t.shape[-1])
+    out[:, real] = t
+    return out
+
+
+def _to_heads(t: Tensor, dims: _Dims, n: int, length: int, per: int) -> Tensor:
+    """(M, n·L, Hkv·per·D) → (M·n·Hkv, per·L, D): per key head, the rows of its ``per`` heads one after another."""
+    return (t.reshape(-1, n, length, dims.hk, per, dims.d).permute(0, 1, 3, 4, 2, 5)
+            .reshape(-1, per * length, dims.d))
+
+
+def _from_heads(t: Tensor, dims: _Dims, n: int, length: int, per: int) -> Tensor:
+    """Inverse of :func:`_to_heads`."""
+    return (t.reshape(-1, n, dims.hk, per, length, dims.d).permute(0, 1, 4, 2, 3, 5)
+            .reshape(-1, n * length, dims.hk * per * dims.d))
+
+
+def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: Tensor, weights, n: int,
+                    length: int, real: Tensor):
+    """The decoder layers on x (M, R, H), the R real tokens of n rows of L columns (``real``: their indices in
+    the flattened rows), M models stacked, each layer's weights stacked the same way (gain1, qkv, o, gain2,
+    gate_up, down; see :func:`_stack_weights`). Everything but attention runs on the real tokens only. Returns the
+    last output and, per layer, what the backward of model 0 needs."""
+    hq, hk, d = dims.hq, dims.hk, dims.d
+    qd, kd, rep = hq * d, hk * d, hq // hk
+    models = x.shape[0]
+    bias = bias.repeat(models, 1, 1)
+    rows = n * hk  # model 0's rows of the head-major tensors
+    saved = []
+    for gain1, w_qkv, w_o, gain2, w_gate_up, w_down in weights:
+        normed1, r1 = _norm(x, dims.eps)
+        a1 = normed1 * gain1
+        qkv = torch.bmm(a1, w_qkv.transpose(1, 2))
+        qk = _rotate(qkv[..., : qd + kd].unflatten(-1, (hq + hk, d)), cos, sin_fwd)
+        q = _to_heads(_padded(qk[..., :hq, :].flatten(2), real, n * length), dims, n, length, rep)
+        k = _to_heads(_padded(qk[..., hq:, :].flatten(2), real, n * length), dims, n, length, 1)
+        v = _to_heads(_padded(qkv[..., qd + kd:], real, n * length), dims, n, length, 1)
+        probs = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=dims.scale), dim=-1)
+        att = _from_heads(torch.bmm(probs, v), dims, n, length, rep)[:, real]
+        x2 = torch.baddbmm(x, att, w_o.transpose(1, 2))
+        normed2, r2 = _norm(x2, dims.eps)
+        a2 = normed2 * gain2
+        gate, up = torch.bmm(a2, w_gate_up.transpose(1, 2)).chunk(2, dim=-1)
+        act = F.silu(gate)
+        h = act * up
+        x = torch.baddbmm(x2, h, w_down.transpose(1, 2))
+        saved.append((normed1[0], r1[0], a1[0], q[:rows], k[:rows], v[:rows], probs[:rows], att[0], normed2[0],
+                      r2[0], a2[0], gate[0], up[0], act[0], h[0]))
+    return x, saved
+
+
+def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved, weights, n: int, length: int,
+                     real: Tensor):
+    """Gradient of model 0 through :func:`_layers_forward`, from the output gradient g (R, H). Returns the input
+    gradient and, per layer, the gradients of (gain1, qkv, o, gain2, gate_up, down)."""
+    hq, hk, d = dims.hq, dims.hk, dims.d
+    rep = hq // hk
+    grads = []
+    for (gain1, w_qkv, w_o, gain2, w_gate_up, w_down), (normed1, r1, a1, q, k, v, probs, att, normed2, r2, a2, gate,
+                                                         up, act, h) in zip(reversed(weights), reversed(saved)):
+        # MLP: x3 = x2 + (silu(gate)·up) @ downᵀ
+        d_down = g.t() @ h
+        dh = g @ w_down[0]
+        d_gate_up = torch.cat([torch.ops.aten.silu_backward(dh * up, gate), dh * act], dim=-1)
+        d_w_gate_up = (a2.t() @ d_gate_up).t()  # the faster layout for this product than d_gate_upᵀ @ a2
+        da2 = d_gate_up @ w_gate_up[0]
+        d_gain2 = (da2 * normed2).sum(0)
+        g = g + _norm_backward(da2 * gain2[0], normed2, r2)
+        # attention: x2 = x + softmax(q kᵀ/√D + bias) v @ oᵀ
+        d_o = g.t() @ att
+        d_att = _to_heads(_padded((g @ w_o[0])[None], real, n * length), dims, n, length, rep)
+        d_probs = torch.bmm(d_att, v.transpose(1, 2))
+        dv = torch.bmm(probs.transpose(1, 2), d_att)
+        d_scores = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype) * dims.scale
+        dq = _from_heads(torch.bmm(d_scores, k), dims, n, length, rep)[0, real]
+        dk = _from_heads(torch.bmm(d_scores.transpose(1, 2), q), dims, n, length, 1)[0, real]
+        d_qk = torch.cat([dq.unflatten(-1, (hq, d)), dk.unflatten(-1, (hk, d))], dim=1)
+        d_qkv = torch.cat([_unrotate(d_qk, cos, sin_bwd).flatten(1), _from_heads(dv, dims, n, length, 1)[0, real]], -1)
+        d_w_qkv = d_qkv.t() @ a1
+        da1 = d_qkv @ w_qkv[0]
+        d_gain1 = (da1 * normed1).sum(0)
+        g = g + _norm_backward(da1 * gain1[0], normed1, r1)
+        grads.append((d_gain1.reshape(-1), d_w_qkv, d_o, d_gain2.reshape(-1), d_w_gate_up, d_down))
+    return g, grads[::-1]
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def _fuse(params) -> list[tuple[Tensor, ...]]:
+    """:func:`layer_parameters` → per layer (gain1, qkv, o, gain2, gate_up, down), q, k, v and gate, up
+    concatenated (out, in)."""
+    out = []
+    for i in range(0, len(params), _PER_LAYER):
+        ln1, wq, wk, wv, wo, ln2, wg, wu, wd = params[i:i + _PER_LAYER]
+        out.append((ln1, torch.cat([wq, wk, wv]), wo, ln2, torch.cat([wg, wu]), wd))
+    return out
+
+
+_reference_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def reference_weights(reference) -> list[tuple[Tensor, ...]]:
+    """The frozen reference's :func:`_fuse` weights, rebuilt only when one of its parameters changed in place."""
+    params = [t.detach() for t in layer_parameters(reference)]
+    versions = tuple(t._version for t in params)
+    cached = _reference_cache.get(reference)
+    if cached is None or cached[0] != versions:
+        cached = (versions, _fuse(params))
+        _reference_cache[reference] = cached
+    return cached[1]
+
+
+def _stack_weights(policy: list[tuple[Tensor, ...]], reference: list[tuple[Tensor, ...]] | None):
+    """Per layer, each weight with a leading model axis (1 or 2); gains shaped (M, 1, H) to broadcast."""
+    out = []
+    for i, layer in enumerate(policy):
+        models = [layer] if reference is None else [layer, reference[i]]
+        stacked = [torch.stack([m[j] for m in models]) for j in range(6)]
+        stacked[0], stacked[3] = stacked[0].unsqueeze(1), stacked[3].unsqueeze(1)
+        out.append(tuple(stacked))
+    return out
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+class _Stack(torch.autograd.Function):
+    """The decoder layers as one autograd node; see the module docstring.
+
+    forward(dims, tables, policy embeddings (R, H) of the real tokens, reference embeddings or None, reference
+    weights (:func:`reference_weights`) or None, (n, L, real), *policy layer parameters) → the last layer's output
+    (M, n·L, H), zero at padding, M = 1 or 2 models, row 0 the policy's. Only the policy row carries a
+    gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, dims, tables, x, x_ref, ref_weights, shape, *params):
+        cos, sin_fwd, _, bias = tables
+        weights = _stack_weights(_fuse(params), ref_weights)
+        x = x[None] if x_ref is None else torch.stack([x, x_ref])
+        out, saved = _layers_forward(dims, x, cos, sin_fwd, bias, weights, *shape)
+        n, length, real = shape
+        out = _padded(out, real, n * length)
+        ctx.dims, ctx.tables, ctx.shape, ctx.saved_layers = dims, tables, shape, saved
+        ctx.weights = [tuple(w[:1] for w in layer) for layer in weights]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        cos, _, sin_bwd, _ = ctx.tables
+        real = ctx.shape[2]
+        g, layer_grads = _layers_backward(ctx.dims, grad_out[0, real], cos, sin_bwd, ctx.saved_layers, ctx.weights,
+                                          *ctx.shape)
+        ctx.saved_layers = ctx.weights = None
+        dims = ctx.dims
+        qd, kd = dims.hq * dims.d, dims.hk * dims.d
+        grads = []
+        for d_gain1, d_qkv, d_o, d_gain2, d_gate_up, d_down in layer_grads:
+            grads += [d_gain1, *d_qkv.split([qd, kd, kd]), d_o, d_gain2, *d_gate_up.chunk(2), d_down]
+        return (None, None, g, None, None, None, *grads)
+
+
+def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, reference=None
+                      ) -> tuple[Tensor, Tensor | None]:
+    """Final-norm hidden states at the positions predicting each completion token, (B, T, hidden), of the policy
+    (with gradient) and, when ``reference`` is given (see :func:`same_shape`), the reference's logits there
+    (without gradient)."""
+    n, length = input_ids.shape
+    embed = model.model.embed_tokens
+    dims = _Dims.of(model)
+    real = attention_mask.reshape(-1).nonzero().squeeze(1)  # padding takes no part but attention's layout
+    tables = _tables(model, attention_mask, real, embed.weight.dtype, dims)
+    ids = input_ids.reshape(-1)[real]
+    x = F.embedding(ids, embed.weight, padding_idx=embed.padding_idx)
+    x_ref = ref_weights = None
+    if reference is not None:
+        x_ref = F.embedding(ids, reference.model.embed_tokens.weight.detach())
+        ref_weights = reference_weights(reference)
+    out = _Stack.apply(dims, tables, x, x_ref, ref_weights, (n, length, real), *layer_parameters(model))
+    out = out.view(out.shape[0], n, length, -1)[:, :, prompt_length - 1 : -1]
+    hidden = llama_fast.rms_norm(out[0], model.model.norm.weight, dims.eps)
+    ref_logits = None
+    if reference is not None:
+        with torch.no_grad():
+            ref_logits = reference.lm_head(llama_fast.rms_norm(out[1], reference.model.norm.weight, dims.eps))
+    return hidden, ref_logits
