@@ -27,6 +27,19 @@ def apply_process_options(args) -> dict:
     return {"threads": args.threads, "allocator_keeps_freed": False if args.default_allocator else keep_freed_memory()}
 
 
+def add_share_prompt_option(parser) -> None:
+    parser.add_argument("--share-prompt", choices=("auto", "always", "never"), default="auto",
+                        help="divalign runs each group's prompt once where models.prompt_sharing_pays says it pays "
+                             "(auto), always or never")
+
+
+def apply_share_prompt_option(args) -> None:
+    if args.share_prompt != "auto":
+        from divalign import models
+
+        models.PROMPT_SHARING_BREAK_EVEN = 0 if args.share_prompt == "always" else float("inf")
+
+
 def speed_model(workdir: str) -> str:
     """The 0.5M-parameter Llama folder both speed benchmarks use (hidden 128, MLP 512, 2 layers, 4 heads, 2 KV
     heads, character vocabulary)."""

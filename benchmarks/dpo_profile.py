@@ -19,7 +19,13 @@ import tempfile
 import time
 
 import torch
-from common import add_process_options, apply_process_options, speed_model
+from common import (
+    add_process_options,
+    add_share_prompt_option,
+    apply_process_options,
+    apply_share_prompt_option,
+    speed_model,
+)
 from dpo_speed import make_pairs
 
 
@@ -47,11 +53,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--precompute", action="store_true", help="reference log-probabilities computed once")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
-    parser.add_argument("--share-prompt", choices=("auto", "always", "never"), default="auto",
-                        help="run each pair's prompt once where models.prompt_sharing_pays says it pays (auto), "
-                             "always or never")
+    add_share_prompt_option(parser)
     args = parser.parse_args()
     process = apply_process_options(args)
+    apply_share_prompt_option(args)
 
     from divalign import models
     from divalign.config import build
@@ -59,8 +64,6 @@ def main() -> None:
     from divalign.models import frozen_copy, load_causal_lm
     from divalign.trainers.preference import PreferenceConfig, PreferenceTrainer
 
-    if args.share_prompt != "auto":
-        models.PROMPT_SHARING_BREAK_EVEN = 0 if args.share_prompt == "always" else float("inf")
     folder = speed_model(tempfile.mkdtemp(prefix="dpo-profile-"))
     policy, tokenizer = load_causal_lm(folder)
     config = build(PreferenceConfig, {

@@ -21,7 +21,15 @@ import os
 import random
 import tempfile
 
-from common import TRL_CPU_QUIET, Interleaved, add_process_options, apply_process_options, speed_model
+from common import (
+    TRL_CPU_QUIET,
+    Interleaved,
+    add_process_options,
+    add_share_prompt_option,
+    apply_process_options,
+    apply_share_prompt_option,
+    speed_model,
+)
 
 
 def digits_reward(text: str) -> float:
@@ -35,8 +43,10 @@ def main() -> None:
     add_process_options(parser)
     parser.add_argument("--compile", action="store_true", help="divalign compiles its training and scoring forward")
     parser.add_argument("--out", default=None)
+    add_share_prompt_option(parser)
     args = parser.parse_args()
     process = apply_process_options(args)
+    apply_share_prompt_option(args)
 
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -115,7 +125,7 @@ def main() -> None:
     trl_trainer.train()
 
     result = {
-        "benchmark": "grpo_step_time",
+        "benchmark": "grpo_step_time", "share_prompt": args.share_prompt,
         **process,
         "divalign_compile": args.compile,
         **timing.summary(args.warmup, ("generate_s", "score_s", "reference_s", "forward_backward_s", "optimizer_s")),

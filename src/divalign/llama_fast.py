@@ -4,8 +4,9 @@ For the small models this library trains on CPU, time goes to per-operation over
 are laid out, not to arithmetic: ``LlamaForCausalLM`` issues well over a hundred small operations per layer call
 (views included). This module does the same computation with a few dozen, and is used in two ways:
 
-* **training and scoring** (:func:`completion_logits`): autograd flows into the model's own parameters, so the
-  optimizer, checkpoints and saved folders are the Hugging Face ones. Q/K/V and gate/up run as one product each;
+* **scoring, and training with shared prompts or compiled** (:func:`completion_hidden`): autograd flows into the
+  model's own parameters, so the optimizer, checkpoints and saved folders are the Hugging Face ones (other
+  training goes through :mod:`divalign.llama_train`, a written-out backward). Q/K/V and gate/up run as one product each;
   with groups of completions sharing a prompt, the prompt runs once per group and its keys and values are
   shared by the group's completions;
 * **decoding** (:class:`Decoder`): an inference-only copy of the weights with the RMSNorm gains and the

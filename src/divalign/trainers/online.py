@@ -181,11 +181,19 @@ class OnlineTrainer:
         return self._prompt_ids[prompt]
 
     # ------------------------------------------------------------------ pieces of a step
-    def _forward(self, model, sequences: SequenceBatch, group: int, with_entropy=False, with_values=False):
+    def _forward(self, model, sequences: SequenceBatch, group: int, with_entropy=False, with_values=False,
+                 reference=None):
         out = completion_forward(model, sequences, self.config.temperature, with_entropy, group,
-                                 self.config.fast_path, with_hidden=with_values)
+                                 self.config.fast_path, with_hidden=with_values, reference=reference)
         values = self.value_head(out.hidden.float()).squeeze(-1) if with_values else None
-        return out.logprobs, out.entropy, values
+        return out.logprobs, out.entropy, values, out.reference_logprobs
+
+    def _reference_in_update(self) -> bool:
+        """Whether the reference can run in the policy's gradient pass instead of a pass of its own: one update per
+        batch (each row is in exactly one gradient pass) and nothing before the update needs the reference."""
+        cfg = self.config
+        return (self.reference is not None and cfg.ppo_epochs == 1 and cfg.minibatches == 1
+                and self.estimator != "gae" and not getattr(self.options, "kl_in_reward", 0.0))
 
     def _groups(self, batch: Collected) -> list[list[int]]:
         """Row indices of each group (anchors join their group)."""
@@ -202,7 +210,7 @@ class OnlineTrainer:
         values = torch.zeros_like(batch.rollout.logprobs) if with_values else None
         for rows in micro_groups:
             index = torch.tensor(rows)
-            lp, _, v = self._forward(model, sequences.select(index), batch.group_size, with_values=with_values)
+            lp, _, v, _ = self._forward(model, sequences.select(index), batch.group_size, with_values=with_values)
             logps[index] = lp
             if with_values:
                 values[index] = v
@@ -267,8 +275,12 @@ class OnlineTrainer:
             old_logps = torch.where(batch.anchors.unsqueeze(-1), logps_now, old_logps)  # anchors: ρ = 1 (dagrpo)
         else:
             values = None
-        ref_logps = self._no_grad_pass(self.reference, sequences, batch, micro_all)[0] \
-            if self.reference is not None else None
+        reference_in_update = self._reference_in_update()
+        ref_logps = None
+        if reference_in_update:
+            ref_logps = torch.zeros_like(old_logps)  # each row filled by its gradient pass, before the loss reads it
+        elif self.reference is not None:
+            ref_logps = self._no_grad_pass(self.reference, sequences, batch, micro_all)[0]
         timings["reference_s"] = time.perf_counter() - t
 
         seq_adv, token_adv, returns = self._advantages(batch, old_logps, ref_logps, values)
@@ -297,8 +309,12 @@ class OnlineTrainer:
                 t = time.perf_counter()
                 for i in range(0, len(chosen), per_micro):
                     rows = torch.tensor([r for k in chosen[i:i + per_micro] for r in groups[k]])
-                    logps, entropy, vals = self._forward(self.policy, sequences.select(rows), batch.group_size,
-                                                         with_entropy=True, with_values=self.value_head is not None)
+                    logps, entropy, vals, ref_rows = self._forward(
+                        self.policy, sequences.select(rows), batch.group_size, with_entropy=True,
+                        with_values=self.value_head is not None, reference=self.reference if reference_in_update
+                        else None)
+                    if ref_rows is not None:
+                        ref_logps[rows] = ref_rows
                     part = rows_of(whole, rows, logps, vals)
                     for key, value in counts.items():
                         setattr(part, key, value)
