@@ -120,10 +120,11 @@ def test_lean_and_shared_prompt_logprobs_equal_the_hf_forward_in_value_and_gradi
         completion_logprobs(model, batch, group_size=3)
 
 
-@pytest.mark.parametrize("kv_heads", [2, 4])
-def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_heads):
-    """The written-out backward with the reference stacked in the same pass (llama_train): the policy's values and
-    gradients and the reference's values equal separate Hugging Face forwards; the reference gets no gradient."""
+@pytest.mark.parametrize("kv_heads,group", [(2, 1), (4, 1), (2, 2)])
+def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_heads, group):
+    """The written-out backward with the reference stacked in the same pass (llama_train), padding skipped and,
+    with groups, each prompt run once: the policy's values and gradients and the reference's values equal
+    separate, unshared Hugging Face forwards; the reference gets no gradient."""
     from divalign.charlm import write_tiny_model
     from divalign.generation import make_sampler
     from divalign.models import completion_forward, frozen_copy
@@ -148,7 +149,7 @@ def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_h
         expected_ref = completion_logprobs(reference, batch, temperature=0.8, fast=False)[0]
 
     model.zero_grad()
-    out = completion_forward(model, batch, temperature=0.8, reference=reference)
+    out = completion_forward(model, batch, temperature=0.8, group_size=group, reference=reference)
     (out.logprobs * weights).sum().backward()
     torch.testing.assert_close(out.logprobs.detach(), expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.reference_logprobs, expected_ref, atol=1e-5, rtol=0)

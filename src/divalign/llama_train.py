@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from divalign import llama_fast
+from divalign.token_layout import TokenLayout, token_layout
 
 #: per layer, in this order: the attention norm gain, q, k, v, o, the MLP norm gain, gate, up, down
 _PER_LAYER = 9
@@ -70,23 +71,22 @@ class _Dims:
         return _Dims(cfg.num_attention_heads, cfg.num_key_value_heads, d, cfg.rms_norm_eps, d**-0.5)
 
 
-def _tables(model, mask: Tensor, real: Tensor, dtype: torch.dtype, dims: _Dims
-            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per real token (R, 1, D): cos, the forward sin and the backward sin of RoPE (see :func:`_rotate`); and the
-    attention bias (n·Hkv, rep·L, L), 0 where a query may see a key and −inf elsewhere, its rows the queries of the
-    rep heads that share a key head."""
-    n, length = mask.shape
+def _tables(model, layout: TokenLayout, dtype: torch.dtype, dims: _Dims) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per token (R, 1, D): cos, the forward sin and the backward sin of RoPE (see :func:`_rotate`); and the
+    attention bias (rows·Hkv, rep·L, L), 0 where a slot may see a key and −inf elsewhere, its rows the queries of
+    the rep heads that share a key head."""
+    device = layout.token_ids.device
     rotary = model.model.rotary_emb
-    cos_t, sin_t = llama_fast.rope_table(rotary.inv_freq, rotary.attention_scaling, dtype, length, mask.device)
-    pos = llama_fast._positions(mask).reshape(-1)[real]
+    cos_t, sin_t = llama_fast.rope_table(rotary.inv_freq, rotary.attention_scaling, dtype,
+                                         int(layout.positions.max()) + 1 if len(layout.positions) else 1, device)
     half = dims.d // 2
-    sign = torch.ones(dims.d, dtype=dtype, device=mask.device)
+    sign = torch.ones(dims.d, dtype=dtype, device=device)
     sign[:half] = -1
-    cos, sin = cos_t[pos].unsqueeze(1), sin_t[pos].unsqueeze(1)
-    allowed = llama_fast.causal_mask(mask)  # (n, L, L)
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill_(~allowed, float("-inf"))
-    rep = dims.hq // dims.hk
-    bias = bias[:, None, None].expand(-1, dims.hk, rep, -1, -1).reshape(n * dims.hk, rep * length, length)
+    cos, sin = cos_t[layout.positions].unsqueeze(1), sin_t[layout.positions].unsqueeze(1)
+    allowed = layout.allowed
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+    rep, length = dims.hq // dims.hk, layout.length
+    bias = bias[:, None, None].expand(-1, dims.hk, rep, -1, -1).reshape(layout.rows * dims.hk, rep * length, length)
     return cos, sin * sign, sin.roll(half, -1) * -sign, bias
 
 
@@ -116,11 +116,9 @@ def _norm_backward(g: Tensor, normed: Tensor, r: Tensor) -> Tensor:
     return (g - normed * (g * normed).mean(-1, keepdim=True)) * r
 
 
-def _padded(t: Tensor, real: Tensor, total: int) -> Tensor:
-    """(M, R, C) rows of the real tokens → (M, total, C) with zeros at the padding."""
-    out = t.new_zeros(t.shape[0], total, t.shape[-1])
-    out[:, real] = t
-    return out
+def _scattered(t: Tensor, slots: Tensor, total: int) -> Tensor:
+    """(R, C) per token → (total, C) per attention slot, each token at ``slots`` and zeros elsewhere."""
+    return t.new_zeros(total, t.shape[-1]).index_copy_(0, slots, t)
 
 
 def _to_heads(t: Tensor, dims: _Dims, n: int, length: int, per: int) -> Tensor:
@@ -135,16 +133,16 @@ def _from_heads(t: Tensor, dims: _Dims, n: int, length: int, per: int) -> Tensor
             .reshape(-1, n * length, dims.hk * per * dims.d))
 
 
-def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: Tensor, weights, n: int,
-                    length: int, real: Tensor):
-    """The decoder layers on x (M, R, H), the R real tokens of n rows of L columns (``real``: their indices in
-    the flattened rows), M models stacked, each layer's weights stacked the same way (gain1, qkv, o, gain2,
-    gate_up, down; see :func:`_stack_weights`). Everything but attention runs on the real tokens only. Returns the
-    last output and, per layer, what the backward of model 0 needs."""
+def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: Tensor, weights,
+                    layout: TokenLayout):
+    """The decoder layers on x (M, R, H), the tokens of ``layout``, M models stacked, each layer's weights stacked
+    the same way (gain1, qkv, o, gain2, gate_up, down; see :func:`_stack_weights`). Attention reads the tokens
+    through the layout's slots. Returns the last output and, per layer, what the backward of model 0 needs."""
     hq, hk, d = dims.hq, dims.hk, dims.d
     qd, kd, rep = hq * d, hk * d, hq // hk
     models = x.shape[0]
     bias = bias.repeat(models, 1, 1)
+    n, length, key_map = layout.rows, layout.length, layout.key_map
     rows = n * hk  # model 0's rows of the head-major tensors
     saved = []
     for gain1, w_qkv, w_o, gain2, w_gate_up, w_down in weights:
@@ -152,11 +150,11 @@ def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: 
         a1 = normed1 * gain1
         qkv = torch.bmm(a1, w_qkv.transpose(1, 2))
         qk = _rotate(qkv[..., : qd + kd].unflatten(-1, (hq + hk, d)), cos, sin_fwd)
-        q = _to_heads(_padded(qk[..., :hq, :].flatten(2), real, n * length), dims, n, length, rep)
-        k = _to_heads(_padded(qk[..., hq:, :].flatten(2), real, n * length), dims, n, length, 1)
-        v = _to_heads(_padded(qkv[..., qd + kd:], real, n * length), dims, n, length, 1)
+        q = _to_heads(qk[:, key_map, :hq].flatten(2), dims, n, length, rep)
+        k = _to_heads(qk[:, key_map, hq:].flatten(2), dims, n, length, 1)
+        v = _to_heads(qkv[:, key_map, qd + kd:], dims, n, length, 1)
         probs = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=dims.scale), dim=-1)
-        att = _from_heads(torch.bmm(probs, v), dims, n, length, rep)[:, real]
+        att = _from_heads(torch.bmm(probs, v), dims, n, length, rep)[:, layout.output_slot]
         x2 = torch.baddbmm(x, att, w_o.transpose(1, 2))
         normed2, r2 = _norm(x2, dims.eps)
         a2 = normed2 * gain2
@@ -169,12 +167,13 @@ def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: 
     return x, saved
 
 
-def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved, weights, n: int, length: int,
-                     real: Tensor):
+def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved, weights, layout: TokenLayout):
     """Gradient of model 0 through :func:`_layers_forward`, from the output gradient g (R, H). Returns the input
-    gradient and, per layer, the gradients of (gain1, qkv, o, gain2, gate_up, down)."""
+    gradient and, per layer, the gradients of (gain1, qkv, o, gain2, gate_up, down). A token's key and value
+    gradients sum over every slot that reads it (a shared prompt's, over its group)."""
     hq, hk, d = dims.hq, dims.hk, dims.d
     rep = hq // hk
+    n, length, key_map, output_slot = layout.rows, layout.length, layout.key_map, layout.output_slot
     grads = []
     for (gain1, w_qkv, w_o, gain2, w_gate_up, w_down), (normed1, r1, a1, q, k, v, probs, att, normed2, r2, a2, gate,
                                                          up, act, h) in zip(reversed(weights), reversed(saved)):
@@ -188,14 +187,18 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
         g = g + _norm_backward(da2 * gain2[0], normed2, r2)
         # attention: x2 = x + softmax(q kᵀ/√D + bias) v @ oᵀ
         d_o = g.t() @ att
-        d_att = _to_heads(_padded((g @ w_o[0])[None], real, n * length), dims, n, length, rep)
+        d_att = _to_heads(_scattered(g @ w_o[0], output_slot, n * length), dims, n, length, rep)
         d_probs = torch.bmm(d_att, v.transpose(1, 2))
         dv = torch.bmm(probs.transpose(1, 2), d_att)
         d_scores = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype) * dims.scale
-        dq = _from_heads(torch.bmm(d_scores, k), dims, n, length, rep)[0, real]
-        dk = _from_heads(torch.bmm(d_scores.transpose(1, 2), q), dims, n, length, 1)[0, real]
+        # queries are read only from their own slot; keys and values from every slot that reads the token
+        dq = _from_heads(torch.bmm(d_scores, k), dims, n, length, rep)[0, output_slot]
+        dk_dv = torch.cat([_from_heads(torch.bmm(d_scores.transpose(1, 2), q), dims, n, length, 1)[0],
+                           _from_heads(dv, dims, n, length, 1)[0]], dim=-1)
+        dk_dv = dk_dv.new_zeros(len(output_slot), dk_dv.shape[1]).index_add_(0, key_map, dk_dv)
+        dk, dv = dk_dv.split([hk * d, hk * d], dim=-1)
         d_qk = torch.cat([dq.unflatten(-1, (hq, d)), dk.unflatten(-1, (hk, d))], dim=1)
-        d_qkv = torch.cat([_unrotate(d_qk, cos, sin_bwd).flatten(1), _from_heads(dv, dims, n, length, 1)[0, real]], -1)
+        d_qkv = torch.cat([_unrotate(d_qk, cos, sin_bwd).flatten(1), dv], -1)
         d_w_qkv = d_qkv.t() @ a1
         da1 = d_qkv @ w_qkv[0]
         d_gain1 = (da1 * normed1).sum(0)
@@ -248,57 +251,52 @@ def _stack_weights(policy: list[tuple[Tensor, ...]], reference: list[tuple[Tenso
 class _Stack(torch.autograd.Function):
     """The decoder layers as one autograd node; see the module docstring.
 
-    forward(dims, tables, policy embeddings (R, H) of the real tokens, reference embeddings or None, reference
-    weights (:func:`reference_weights`) or None, (n, L, real), *policy layer parameters) → the last layer's output
-    (M, n·L, H), zero at padding, M = 1 or 2 models, row 0 the policy's. Only the policy row carries a
-    gradient.
+    forward(dims, tables, layout, policy embeddings (R, H) of the layout's tokens, reference embeddings or None,
+    reference weights (:func:`reference_weights`) or None, *policy layer parameters) → the last layer's output
+    (M, R, H), M = 1 or 2 models, row 0 the policy's. Only the policy row carries a gradient.
     """
 
     @staticmethod
-    def forward(ctx, dims, tables, x, x_ref, ref_weights, shape, *params):
+    def forward(ctx, dims, tables, layout, x, x_ref, ref_weights, *params):
         cos, sin_fwd, _, bias = tables
         weights = _stack_weights(_fuse(params), ref_weights)
         x = x[None] if x_ref is None else torch.stack([x, x_ref])
-        out, saved = _layers_forward(dims, x, cos, sin_fwd, bias, weights, *shape)
-        n, length, real = shape
-        out = _padded(out, real, n * length)
-        ctx.dims, ctx.tables, ctx.shape, ctx.saved_layers = dims, tables, shape, saved
+        out, saved = _layers_forward(dims, x, cos, sin_fwd, bias, weights, layout)
+        ctx.dims, ctx.tables, ctx.layout, ctx.saved_layers = dims, tables, layout, saved
         ctx.weights = [tuple(w[:1] for w in layer) for layer in weights]
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         cos, _, sin_bwd, _ = ctx.tables
-        real = ctx.shape[2]
-        g, layer_grads = _layers_backward(ctx.dims, grad_out[0, real], cos, sin_bwd, ctx.saved_layers, ctx.weights,
-                                          *ctx.shape)
+        g, layer_grads = _layers_backward(ctx.dims, grad_out[0], cos, sin_bwd, ctx.saved_layers, ctx.weights,
+                                          ctx.layout)
         ctx.saved_layers = ctx.weights = None
         dims = ctx.dims
         qd, kd = dims.hq * dims.d, dims.hk * dims.d
         grads = []
         for d_gain1, d_qkv, d_o, d_gain2, d_gate_up, d_down in layer_grads:
             grads += [d_gain1, *d_qkv.split([qd, kd, kd]), d_o, d_gain2, *d_gate_up.chunk(2), d_down]
-        return (None, None, g, None, None, None, *grads)
+        return (None, None, None, g, None, None, *grads)
 
 
-def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, reference=None
-                      ) -> tuple[Tensor, Tensor | None]:
+def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1,
+                      reference=None) -> tuple[Tensor, Tensor | None]:
     """Final-norm hidden states at the positions predicting each completion token, (B, T, hidden), of the policy
     (with gradient) and, when ``reference`` is given (see :func:`same_shape`), the reference's logits there
-    (without gradient)."""
-    n, length = input_ids.shape
+    (without gradient). With ``group_size`` G > 1 the rows come in groups of G sharing a prompt, which runs once
+    (:mod:`divalign.token_layout`)."""
     embed = model.model.embed_tokens
     dims = _Dims.of(model)
-    real = attention_mask.reshape(-1).nonzero().squeeze(1)  # padding takes no part but attention's layout
-    tables = _tables(model, attention_mask, real, embed.weight.dtype, dims)
-    ids = input_ids.reshape(-1)[real]
-    x = F.embedding(ids, embed.weight, padding_idx=embed.padding_idx)
+    layout = token_layout(input_ids, attention_mask, prompt_length, group_size)
+    tables = _tables(model, layout, embed.weight.dtype, dims)
+    x = F.embedding(layout.token_ids, embed.weight, padding_idx=embed.padding_idx)
     x_ref = ref_weights = None
     if reference is not None:
-        x_ref = F.embedding(ids, reference.model.embed_tokens.weight.detach())
+        x_ref = F.embedding(layout.token_ids, reference.model.embed_tokens.weight.detach())
         ref_weights = reference_weights(reference)
-    out = _Stack.apply(dims, tables, x, x_ref, ref_weights, (n, length, real), *layer_parameters(model))
-    out = out.view(out.shape[0], n, length, -1)[:, :, prompt_length - 1 : -1]
+    out = _Stack.apply(dims, tables, layout, x, x_ref, ref_weights, *layer_parameters(model))
+    out = out[:, layout.predicting]  # (M, B, T, H)
     hidden = llama_fast.rms_norm(out[0], model.model.norm.weight, dims.eps)
     ref_logits = None
     if reference is not None:

@@ -202,24 +202,26 @@ def completion_forward(
     :func:`prompt_sharing_pays`.
 
     Llama-family models run through :mod:`divalign.llama_fast` (same values, fewer operations) unless
-    ``fast=False``; with gradient and unshared prompts, through :mod:`divalign.llama_train` (a written-out
-    backward, and the reference in the same pass); every other model through its own Hugging Face forward.
+    ``fast=False``; with gradient (and the compiled forward off), through :mod:`divalign.llama_train` (a
+    written-out backward, padding skipped, shared prompts once in the same pass, and the reference stacked in the
+    same pass); every other model through its own Hugging Face forward.
     """
     prompt_len = batch.prompt_length
     tokens = batch.input_ids[:, prompt_len:]
     mask = batch.completion_mask
+    fast_model = fast and llama_fast.supports(model)
+    written_out = fast_model and torch.is_grad_enabled() and not llama_fast.compiled()
     if group_size > 1:
         _check_groups(batch, group_size)
-        if share_prompt is None:
-            share_prompt = prompt_sharing_pays(model, batch, group_size)
+        if share_prompt is None:  # the written-out path shares at no extra cost (token_layout)
+            share_prompt = written_out or prompt_sharing_pays(model, batch, group_size)
         if not share_prompt:
             group_size = 1  # one pass over whole rows
     hidden = ref_logits = None
-    fast_model = fast and llama_fast.supports(model)
-    if fast_model and group_size == 1 and torch.is_grad_enabled() and not llama_fast.compiled():
+    if written_out:
         stacked = reference if llama_train.same_shape(model, reference) else None
         hidden, ref_logits = llama_train.completion_hidden(model, batch.input_ids, batch.attention_mask, prompt_len,
-                                                           stacked)
+                                                           group_size, stacked)
         logits = model.lm_head(hidden)
     elif fast_model:
         hidden, w = llama_fast.completion_hidden(model, batch.input_ids, batch.attention_mask, prompt_len, group_size)

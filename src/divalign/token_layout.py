@@ -1,0 +1,88 @@
+"""Which tokens a training forward runs, and where attention finds them.
+
+A batch of prompts (left-padded, ``P`` columns) followed by completions (right-padded, ``C`` columns) holds
+padding, and with groups of G completions per prompt (GRPO, and a DPO pair) the same prompt G times. A
+:class:`TokenLayout` lists each token that has to run exactly once: every real token, and with groups each
+prompt's tokens once for its group. Everything that works token by token (norms, products, MLP) runs on that
+list. Attention alone needs rows of keys, so it reads them through an index map into a padded layout:
+
+* without groups, one attention row per sequence, its slots the sequence's columns;
+* with groups, one row per group's prompt (its P slots; the C slots after them stay empty), and one row per
+  completion whose first P slots read its group's prompt tokens and whose last C slots its own tokens. The
+  completion row's prompt slots are keys only: the prompt tokens' own outputs come from the prompt rows.
+
+Empty slots read token 0 and are masked out as keys; their outputs are never read, so their gradients are exactly
+zero. Positions continue as in the unshared sequences (left padding skipped), so values and gradients are those of
+running every sequence whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class TokenLayout:
+    token_ids: Tensor  #: (R,) the tokens that run, prompts (once per group) first
+    positions: Tensor  #: (R,) their RoPE positions
+    key_map: Tensor  #: (rows·L,) the token each attention slot reads (0 for an empty slot)
+    output_slot: Tensor  #: (R,) the slot whose attention output is each token's
+    allowed: Tensor  #: (rows, L, L) which slots each slot attends to (causal, real keys; a slot always sees itself)
+    predicting: Tensor  #: (B, C) the token whose output predicts each completion token (0 where it is padding)
+    rows: int  #: attention rows
+    length: int  #: slots per row (L = P + C)
+
+
+def token_layout(input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1) -> TokenLayout:
+    """The layout of a batch of ``prompt_length`` prompt columns and completions; with ``group_size`` G > 1 the
+    rows come in groups of G sharing one prompt, which runs once."""
+    n, length = input_ids.shape
+    p, c = prompt_length, length - prompt_length
+    mask = attention_mask.bool()
+    device = input_ids.device
+    if group_size == 1:
+        index = _running_index(mask)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[mask]
+        output_slot = torch.arange(n * length, device=device)[mask.reshape(-1)]
+        return TokenLayout(input_ids[mask], positions, index.reshape(-1), output_slot, _allowed(mask),
+                           index[:, p - 1 : length - 1], n, length)
+    groups = n // group_size
+    prompt_mask, completion_mask = mask[::group_size, :p], mask[:, p:]
+    prompt_index = _running_index(prompt_mask)
+    real_prompt = int(prompt_mask.sum())
+    completion_index = torch.where(completion_mask, _running_index(completion_mask) + real_prompt, 0)
+    prompt_positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+    starts = prompt_mask.sum(-1).repeat_interleave(group_size)
+    completion_positions = starts[:, None] + torch.arange(c, device=device)
+    token_ids = torch.cat([input_ids[::group_size, :p][prompt_mask], input_ids[:, p:][completion_mask]])
+    positions = torch.cat([prompt_positions[prompt_mask], completion_positions[completion_mask]])
+
+    key_map = torch.zeros(groups + n, length, dtype=torch.long, device=device)
+    valid = torch.zeros(groups + n, length, dtype=torch.bool, device=device)
+    key_map[:groups, :p], valid[:groups, :p] = prompt_index, prompt_mask
+    key_map[groups:, :p] = prompt_index.repeat_interleave(group_size, 0)
+    valid[groups:, :p] = prompt_mask.repeat_interleave(group_size, 0)
+    key_map[groups:, p:], valid[groups:, p:] = completion_index, completion_mask
+    grid = torch.arange((groups + n) * length, device=device).view(groups + n, length)
+    output_slot = torch.cat([grid[:groups, :p][prompt_mask], grid[groups:, p:][completion_mask]])
+    last_prompt = prompt_index[:, -1].repeat_interleave(group_size)
+    predicting = torch.cat([last_prompt[:, None], completion_index[:, :-1]], dim=1)[:, :c]
+    return TokenLayout(token_ids, positions, key_map.reshape(-1), output_slot, _allowed(valid), predicting,
+                       groups + n, length)
+
+
+def _running_index(mask: Tensor) -> Tensor:
+    """Index of each True entry among the True entries in row-major order; 0 where False."""
+    index = mask.reshape(-1).long().cumsum(0).view_as(mask) - 1
+    return torch.where(mask, index, 0)
+
+
+def _allowed(valid: Tensor) -> Tensor:
+    """(rows, L) real keys → (rows, L, L): causal over slots, real keys only, and every slot sees itself (so no
+    row of the softmax is empty)."""
+    length = valid.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
+    return (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=valid.device)
