@@ -116,21 +116,41 @@ def _norm_backward(g: Tensor, normed: Tensor, r: Tensor) -> Tensor:
     return (g - normed * (g * normed).mean(-1, keepdim=True)) * r
 
 
-def _scattered(t: Tensor, slots: Tensor, total: int) -> Tensor:
-    """(R, C) per token → (total, C) per attention slot, each token at ``slots`` and zeros elsewhere."""
-    return t.new_zeros(total, t.shape[-1]).index_copy_(0, slots, t)
+@dataclass
+class _AttentionIndex:
+    """Where attention's head-major tensors read and write the per-token ones (flattened (token, head) rows).
+
+    Head-major: (rows·Hkv, per·L, D), per key head of each attention row the ``per`` heads' slots one after
+    another (per = rep for queries, 1 for keys and values), so grouped-query attention is one batched product.
+    """
+
+    query: Tensor  #: head-major query rows ← rows of qk viewed (R·(Hq + Hkv), D)
+    key: Tensor  #: head-major key rows ← the same
+    value: Tensor  #: head-major value rows ← rows of qkv viewed (R·(Hq + 2·Hkv), D)
+    output: Tensor  #: (R·Hq) token-major output rows ← head-major rows (each token's own slot)
+    key_grad: Tensor  #: head-major key / value rows → rows of (R·Hkv, D) their gradients add into
 
 
-def _to_heads(t: Tensor, dims: _Dims, n: int, length: int, per: int) -> Tensor:
-    """(M, n·L, Hkv·per·D) → (M·n·Hkv, per·L, D): per key head, the rows of its ``per`` heads one after another."""
-    return (t.reshape(-1, n, length, dims.hk, per, dims.d).permute(0, 1, 3, 4, 2, 5)
-            .reshape(-1, per * length, dims.d))
+def _attention_index(layout: TokenLayout, dims: _Dims) -> _AttentionIndex:
+    hq, hk, rep, length = dims.hq, dims.hk, dims.hq // dims.hk, layout.length
+    device = layout.key_map.device
+    token = layout.key_map.view(layout.rows, 1, 1, length)
+    query_heads = torch.arange(hq, device=device).view(1, hk, rep, 1)
+    key_heads = torch.arange(hk, device=device).view(1, hk, 1, 1)
+    row, slot = layout.output_slot // length, layout.output_slot % length
+    output = (row[:, None] * hq + torch.arange(hq, device=device)) * length + slot[:, None]
+    return _AttentionIndex(
+        query=(token * (hq + hk) + query_heads).reshape(-1),
+        key=(token * (hq + hk) + hq + key_heads).reshape(-1),
+        value=(token * (hq + 2 * hk) + hq + hk + key_heads).reshape(-1),
+        output=output.reshape(-1),
+        key_grad=(token * hk + key_heads).reshape(-1),
+    )
 
 
-def _from_heads(t: Tensor, dims: _Dims, n: int, length: int, per: int) -> Tensor:
-    """Inverse of :func:`_to_heads`."""
-    return (t.reshape(-1, n, dims.hk, per, length, dims.d).permute(0, 1, 4, 2, 3, 5)
-            .reshape(-1, n * length, dims.hk * per * dims.d))
+def _gather_rows(t: Tensor, index: Tensor, models: int, width: int) -> Tensor:
+    """``t`` viewed as (models, rows of ``width``) → the rows at ``index``, (models, len(index), width)."""
+    return t.reshape(models, -1, width).index_select(1, index)
 
 
 def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: Tensor, weights,
@@ -142,19 +162,20 @@ def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: 
     qd, kd, rep = hq * d, hk * d, hq // hk
     models = x.shape[0]
     bias = bias.repeat(models, 1, 1)
-    n, length, key_map = layout.rows, layout.length, layout.key_map
-    rows = n * hk  # model 0's rows of the head-major tensors
+    index, length = _attention_index(layout, dims), layout.length
+    rows = layout.rows * hk  # model 0's rows of the head-major tensors
+    tokens = x.shape[1]
     saved = []
     for gain1, w_qkv, w_o, gain2, w_gate_up, w_down in weights:
         normed1, r1 = _norm(x, dims.eps)
         a1 = normed1 * gain1
         qkv = torch.bmm(a1, w_qkv.transpose(1, 2))
         qk = _rotate(qkv[..., : qd + kd].unflatten(-1, (hq + hk, d)), cos, sin_fwd)
-        q = _to_heads(qk[:, key_map, :hq].flatten(2), dims, n, length, rep)
-        k = _to_heads(qk[:, key_map, hq:].flatten(2), dims, n, length, 1)
-        v = _to_heads(qkv[:, key_map, qd + kd:], dims, n, length, 1)
+        q = _gather_rows(qk, index.query, models, d).view(-1, rep * length, d)
+        k = _gather_rows(qk, index.key, models, d).view(-1, length, d)
+        v = _gather_rows(qkv, index.value, models, d).view(-1, length, d)
         probs = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=dims.scale), dim=-1)
-        att = _from_heads(torch.bmm(probs, v), dims, n, length, rep)[:, layout.output_slot]
+        att = _gather_rows(torch.bmm(probs, v), index.output, models, d).view(models, tokens, qd)
         x2 = torch.baddbmm(x, att, w_o.transpose(1, 2))
         normed2, r2 = _norm(x2, dims.eps)
         a2 = normed2 * gain2
@@ -172,8 +193,8 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
     gradient and, per layer, the gradients of (gain1, qkv, o, gain2, gate_up, down). A token's key and value
     gradients sum over every slot that reads it (a shared prompt's, over its group)."""
     hq, hk, d = dims.hq, dims.hk, dims.d
-    rep = hq // hk
-    n, length, key_map, output_slot = layout.rows, layout.length, layout.key_map, layout.output_slot
+    rep, length, tokens = hq // hk, layout.length, g.shape[0]
+    index = _attention_index(layout, dims)
     grads = []
     for (gain1, w_qkv, w_o, gain2, w_gate_up, w_down), (normed1, r1, a1, q, k, v, probs, att, normed2, r2, a2, gate,
                                                          up, act, h) in zip(reversed(weights), reversed(saved)):
@@ -187,18 +208,18 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
         g = g + _norm_backward(da2 * gain2[0], normed2, r2)
         # attention: x2 = x + softmax(q kᵀ/√D + bias) v @ oᵀ
         d_o = g.t() @ att
-        d_att = _to_heads(_scattered(g @ w_o[0], output_slot, n * length), dims, n, length, rep)
+        d_att = g.new_zeros(probs.shape[0] * rep * length, d).index_copy_(0, index.output, (g @ w_o[0]).view(-1, d))
+        d_att = d_att.view(-1, rep * length, d)
         d_probs = torch.bmm(d_att, v.transpose(1, 2))
         dv = torch.bmm(probs.transpose(1, 2), d_att)
         d_scores = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype) * dims.scale
-        # queries are read only from their own slot; keys and values from every slot that reads the token
-        dq = _from_heads(torch.bmm(d_scores, k), dims, n, length, rep)[0, output_slot]
-        dk_dv = torch.cat([_from_heads(torch.bmm(d_scores.transpose(1, 2), q), dims, n, length, 1)[0],
-                           _from_heads(dv, dims, n, length, 1)[0]], dim=-1)
-        dk_dv = dk_dv.new_zeros(len(output_slot), dk_dv.shape[1]).index_add_(0, key_map, dk_dv)
-        dk, dv = dk_dv.split([hk * d, hk * d], dim=-1)
-        d_qk = torch.cat([dq.unflatten(-1, (hq, d)), dk.unflatten(-1, (hk, d))], dim=1)
-        d_qkv = torch.cat([_unrotate(d_qk, cos, sin_bwd).flatten(1), dv], -1)
+        # a query is read only from its own slot; a key or value from every slot that reads its token
+        dq = torch.bmm(d_scores, k).view(-1, d).index_select(0, index.output).view(tokens, hq, d)
+        dk = torch.bmm(d_scores.transpose(1, 2), q).view(-1, d)
+        dk = g.new_zeros(tokens * hk, d).index_add_(0, index.key_grad, dk)
+        dv = g.new_zeros(tokens * hk, d).index_add_(0, index.key_grad, dv.view(-1, d))
+        d_qk = torch.cat([dq, dk.view(tokens, hk, d)], dim=1)
+        d_qkv = torch.cat([_unrotate(d_qk, cos, sin_bwd).flatten(1), dv.view(tokens, hk * d)], -1)
         d_w_qkv = d_qkv.t() @ a1
         da1 = d_qkv @ w_qkv[0]
         d_gain1 = (da1 * normed1).sum(0)

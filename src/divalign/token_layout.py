@@ -4,12 +4,11 @@ A batch of prompts (left-padded, ``P`` columns) followed by completions (right-p
 padding, and with groups of G completions per prompt (GRPO, and a DPO pair) the same prompt G times. A
 :class:`TokenLayout` lists each token that has to run exactly once: every real token, and with groups each
 prompt's tokens once for its group. Everything that works token by token (norms, products, MLP) runs on that
-list. Attention alone needs rows of keys, so it reads them through an index map into a padded layout:
-
-* without groups, one attention row per sequence, its slots the sequence's columns;
-* with groups, one row per group's prompt (its P slots; the C slots after them stay empty), and one row per
-  completion whose first P slots read its group's prompt tokens and whose last C slots its own tokens. The
-  completion row's prompt slots are keys only: the prompt tokens' own outputs come from the prompt rows.
+list. Attention alone needs rows of keys, so it reads them through an index map into a padded layout, one
+attention row per sequence with the sequence's columns as slots. With groups, the slots of a prompt column
+read the group's single copy of that prompt token in every row of the group, and the first row of the group
+produces the prompt tokens' outputs; in the other rows those slots are keys only. Attention thus costs what it
+costs unshared, and everything else runs on each prompt once.
 
 Empty slots read token 0 and are masked out as keys; their outputs are never read, so their gradients are exactly
 zero. Positions continue as in the unshared sequences (left padding skipped), so values and gradients are those of
@@ -32,7 +31,7 @@ class TokenLayout:
     output_slot: Tensor  #: (R,) the slot whose attention output is each token's
     allowed: Tensor  #: (rows, L, L) which slots each slot attends to (causal, real keys; a slot always sees itself)
     predicting: Tensor  #: (B, C) the token whose output predicts each completion token (0 where it is padding)
-    rows: int  #: attention rows
+    rows: int  #: attention rows (one per sequence)
     length: int  #: slots per row (L = P + C)
 
 
@@ -49,7 +48,6 @@ def token_layout(input_ids: Tensor, attention_mask: Tensor, prompt_length: int, 
         output_slot = torch.arange(n * length, device=device)[mask.reshape(-1)]
         return TokenLayout(input_ids[mask], positions, index.reshape(-1), output_slot, _allowed(mask),
                            index[:, p - 1 : length - 1], n, length)
-    groups = n // group_size
     prompt_mask, completion_mask = mask[::group_size, :p], mask[:, p:]
     prompt_index = _running_index(prompt_mask)
     real_prompt = int(prompt_mask.sum())
@@ -59,19 +57,11 @@ def token_layout(input_ids: Tensor, attention_mask: Tensor, prompt_length: int, 
     completion_positions = starts[:, None] + torch.arange(c, device=device)
     token_ids = torch.cat([input_ids[::group_size, :p][prompt_mask], input_ids[:, p:][completion_mask]])
     positions = torch.cat([prompt_positions[prompt_mask], completion_positions[completion_mask]])
-
-    key_map = torch.zeros(groups + n, length, dtype=torch.long, device=device)
-    valid = torch.zeros(groups + n, length, dtype=torch.bool, device=device)
-    key_map[:groups, :p], valid[:groups, :p] = prompt_index, prompt_mask
-    key_map[groups:, :p] = prompt_index.repeat_interleave(group_size, 0)
-    valid[groups:, :p] = prompt_mask.repeat_interleave(group_size, 0)
-    key_map[groups:, p:], valid[groups:, p:] = completion_index, completion_mask
-    grid = torch.arange((groups + n) * length, device=device).view(groups + n, length)
-    output_slot = torch.cat([grid[:groups, :p][prompt_mask], grid[groups:, p:][completion_mask]])
-    last_prompt = prompt_index[:, -1].repeat_interleave(group_size)
-    predicting = torch.cat([last_prompt[:, None], completion_index[:, :-1]], dim=1)[:, :c]
-    return TokenLayout(token_ids, positions, key_map.reshape(-1), output_slot, _allowed(valid), predicting,
-                       groups + n, length)
+    key_map = torch.cat([prompt_index.repeat_interleave(group_size, 0), completion_index], dim=1)
+    grid = torch.arange(n * length, device=device).view(n, length)
+    output_slot = torch.cat([grid[::group_size, :p][prompt_mask], grid[:, p:][completion_mask]])
+    predicting = key_map[:, p - 1 : length - 1]
+    return TokenLayout(token_ids, positions, key_map.reshape(-1), output_slot, _allowed(mask), predicting, n, length)
 
 
 def _running_index(mask: Tensor) -> Tensor:
