@@ -71,23 +71,37 @@ class _Dims:
         return _Dims(cfg.num_attention_heads, cfg.num_key_value_heads, d, cfg.rms_norm_eps, d**-0.5)
 
 
-def _tables(model, layout: TokenLayout, dtype: torch.dtype, dims: _Dims) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per token (R, 1, D): cos, the forward sin and the backward sin of RoPE (see :func:`_rotate`); and the
-    attention bias (rows·Hkv, rep·L, L), 0 where a slot may see a key and −inf elsewhere, its rows the queries of
-    the rep heads that share a key head."""
-    device = layout.token_ids.device
+_rope_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _rope_by_position(model, length: int, dtype: torch.dtype, device, dims: _Dims) -> tuple[Tensor, Tensor, Tensor]:
+    """cos, the forward sin and the backward sin of RoPE (see :func:`_rotate`) for positions < ``length``, (·, D);
+    kept per model and grown when a longer batch comes."""
     rotary = model.model.rotary_emb
-    cos_t, sin_t = llama_fast.rope_table(rotary.inv_freq, rotary.attention_scaling, dtype,
-                                         int(layout.positions.max()) + 1 if len(layout.positions) else 1, device)
-    half = dims.d // 2
-    sign = torch.ones(dims.d, dtype=dtype, device=device)
-    sign[:half] = -1
-    cos, sin = cos_t[layout.positions].unsqueeze(1), sin_t[layout.positions].unsqueeze(1)
-    allowed = layout.allowed
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
-    rep, length = dims.hq // dims.hk, layout.length
+    key = (dtype, device, rotary.inv_freq._version)
+    cached = _rope_cache.setdefault(rotary, {}).get(key)
+    if cached is None or cached[0].shape[0] < length:
+        cos, sin = llama_fast.rope_table(rotary.inv_freq, rotary.attention_scaling, dtype, max(length, 64), device)
+        half = dims.d // 2
+        sign = torch.ones(dims.d, dtype=dtype, device=device)
+        sign[:half] = -1
+        cached = (cos, sin * sign, sin.roll(half, -1) * -sign)
+        _rope_cache[rotary][key] = cached
+    return cached
+
+
+def _tables(model, layout: TokenLayout, dtype: torch.dtype, dims: _Dims) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per token (R, 1, D): cos, the forward sin and the backward sin of RoPE; and the attention bias
+    (rows·Hkv, rep·L, L), 0 where a slot may see a key and −inf elsewhere, its rows the queries of the rep heads
+    that share a key head."""
+    device = layout.token_ids.device
+    length = layout.length
+    tables = _rope_by_position(model, length, dtype, device, dims)
+    cos, sin_fwd, sin_bwd = (t[layout.positions].unsqueeze(1) for t in tables)
+    bias = torch.zeros(layout.allowed.shape, dtype=dtype, device=device).masked_fill_(~layout.allowed, float("-inf"))
+    rep = dims.hq // dims.hk
     bias = bias[:, None, None].expand(-1, dims.hk, rep, -1, -1).reshape(layout.rows * dims.hk, rep * length, length)
-    return cos, sin * sign, sin.roll(half, -1) * -sign, bias
+    return cos, sin_fwd, sin_bwd, bias
 
 
 # ----------------------------------------------------------------------------- the layer math (pure functions)
@@ -259,8 +273,10 @@ def _stack_weights(policy: list[tuple[Tensor, ...]], reference: list[tuple[Tenso
     """Per layer, each weight with a leading model axis (1 or 2); gains shaped (M, 1, H) to broadcast."""
     out = []
     for i, layer in enumerate(policy):
-        models = [layer] if reference is None else [layer, reference[i]]
-        stacked = [torch.stack([m[j] for m in models]) for j in range(6)]
+        if reference is None:
+            stacked = [w.unsqueeze(0) for w in layer]
+        else:
+            stacked = [torch.stack([w, r]) for w, r in zip(layer, reference[i])]
         stacked[0], stacked[3] = stacked[0].unsqueeze(1), stacked[3].unsqueeze(1)
         out.append(tuple(stacked))
     return out
