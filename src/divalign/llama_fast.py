@@ -4,11 +4,11 @@ For the small models this library trains on CPU, time goes to per-operation over
 are laid out, not to arithmetic: ``LlamaForCausalLM`` issues well over a hundred small operations per layer call
 (views included). This module does the same computation with a few dozen, and is used in two ways:
 
-* **scoring, and training with shared prompts or compiled** (:func:`completion_hidden`): autograd flows into the
-  model's own parameters, so the optimizer, checkpoints and saved folders are the Hugging Face ones (other
-  training goes through :mod:`divalign.llama_train`, a written-out backward). Q/K/V and gate/up run as one product each;
-  with groups of completions sharing a prompt, the prompt runs once per group and its keys and values are
-  shared by the group's completions;
+* **scoring, and training with the compiled forward** (:func:`completion_hidden`): autograd flows into the
+  model's own parameters, so the optimizer, checkpoints and saved folders are the Hugging Face ones (eager
+  training goes through :mod:`divalign.llama_train` instead, a written-out backward). Q/K/V and gate/up run as
+  one product each; with groups of completions sharing a prompt, the prompt runs once per group and its keys
+  and values are shared by the group's completions;
 * **decoding** (:class:`Decoder`): an inference-only copy of the weights with the RMSNorm gains and the
   attention scale folded into the next product, stored transposed and contiguous (``x @ Wᵀ`` with a
   pre-transposed W runs about twice as fast as ``F.linear`` at these shapes), a preallocated key-value cache
@@ -20,7 +20,6 @@ log-probabilities and gradients against the Hugging Face forward pass.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -70,50 +69,30 @@ class Weights:
     padding_idx: int | None  #: the embedding's padding index (its row gets no gradient, as in nn.Embedding)
 
 
-def weights(model, fold: bool = False) -> Weights:
-    """The parameters of ``model`` arranged for this module.
-
-    ``fold=False``: differentiable views of the parameters (training). ``fold=True``: detached, contiguous
-    copies with norm gains and the attention scale folded in (decoding; rebuild after each optimizer step).
-    """
+def weights(model) -> Weights:
+    """Differentiable views of the parameters of ``model`` arranged for this module (the decoder keeps folded
+    copies, :class:`Decoder`)."""
     cfg = model.config
     m = model.model
     hq, hk = cfg.num_attention_heads, cfg.num_key_value_heads
     d = getattr(cfg, "head_dim", None) or cfg.hidden_size // hq
-
-    def product(weight: Tensor, gain: Tensor | None = None, column_scale: Tensor | None = None) -> Tensor:
-        w = weight.t()
-        if not fold:
-            return w
-        w = w.detach()
-        if gain is not None:
-            w = gain.detach()[:, None] * w
-        if column_scale is not None:
-            w = w * column_scale
-        return w.contiguous()
-
-    q_scale = None
-    if fold:
-        q_scale = torch.ones((hq + 2 * hk) * d, dtype=m.embed_tokens.weight.dtype, device=m.embed_tokens.weight.device)
-        q_scale[: hq * d] = d**-0.5
     layers = []
     for layer in m.layers:
         a, mlp = layer.self_attn, layer.mlp
-        attn_gain, mlp_gain = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
         layers.append(
             Layer(
-                attn_gain=None if fold else attn_gain,
-                wqkv=product(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), attn_gain, q_scale),
-                wo=product(a.o_proj.weight),
-                mlp_gain=None if fold else mlp_gain,
-                w_gate_up=product(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp_gain),
-                w_down=product(mlp.down_proj.weight),
+                attn_gain=layer.input_layernorm.weight,
+                wqkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).t(),
+                wo=a.o_proj.weight.t(),
+                mlp_gain=layer.post_attention_layernorm.weight,
+                w_gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t(),
+                w_down=mlp.down_proj.weight.t(),
             )
         )
     return Weights(
-        embed=m.embed_tokens.weight.detach() if fold else m.embed_tokens.weight,
-        final_gain=None if fold else m.norm.weight,
-        lm_head=product(model.lm_head.weight, m.norm.weight),
+        embed=m.embed_tokens.weight,
+        final_gain=m.norm.weight,
+        lm_head=model.lm_head.weight.t(),
         layers=layers,
         hq=hq,
         hk=hk,
@@ -122,7 +101,7 @@ def weights(model, fold: bool = False) -> Weights:
         eps=cfg.rms_norm_eps,
         inv_freq=m.rotary_emb.inv_freq.float(),
         rope_scale=m.rotary_emb.attention_scaling,
-        q_scaled=fold,
+        q_scaled=False,
         padding_idx=m.embed_tokens.padding_idx,
     )
 
@@ -309,39 +288,56 @@ def logits_of(hidden: Tensor, w: Weights) -> Tensor:
 # ----------------------------------------------------------------------------- decoding
 
 
-@functools.lru_cache(maxsize=8)
-def rotate_half_matrix(d: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """The constant (D, D) matrix R with x @ R == rotate_half(x) = (−x₂, x₁); built once per shape."""
-    half = d // 2
-    rot = torch.zeros(d, d, dtype=dtype, device=device)
-    rot[torch.arange(half) + half, torch.arange(half)] = -1.0
-    rot[torch.arange(half), torch.arange(half) + half] = 1.0
-    return rot
-
-
 class Decoder:
     """Prefill and one-token steps over folded weights (no autograd). ``refresh`` re-reads the parameters.
 
-    A step costs about 37 tensor operations per layer, views included. Beyond the folding of :func:`weights`,
-    the rotate-half of RoPE is folded into the QKV product too (its columns are [q k | rotate_half(q k) | v], so
-    RoPE is one ``addcmul``), the residual additions ride on ``addmm`` and the attention bias on ``baddbmm``.
+    A step costs about 37 tensor operations per layer, views included. The weights are kept transposed and
+    contiguous with the RMSNorm gains and the attention scale folded in, and the rotate-half of RoPE is folded
+    into the QKV product too (its columns are [q k | v | rotate_half(q k)], so RoPE is one ``addcmul``); the
+    residual additions ride on ``addmm`` and the attention bias on ``baddbmm``. ``refresh`` writes all of this
+    into buffers allocated once, one pass per weight.
     """
 
     def __init__(self, model):
         self.model = model
+        with torch.no_grad():
+            w = weights(model)
+        hidden, qkv_cols = w.embed.shape[1], (w.hq + 2 * w.hk) * w.d
+        qk_cols = (w.hq + w.hk) * w.d
+        like = {"dtype": w.embed.dtype, "device": w.embed.device}
+        self._qkv = [torch.empty(hidden, qkv_cols + qk_cols, **like) for _ in w.layers]
+        layers = [
+            Layer(attn_gain=None, wqkv=qkv[:, :qkv_cols], wo=torch.empty(layer.wo.shape, **like), mlp_gain=None,
+                  w_gate_up=torch.empty(layer.w_gate_up.shape, **like), w_down=torch.empty(layer.w_down.shape, **like))
+            for qkv, layer in zip(self._qkv, w.layers)
+        ]
+        self.w = Weights(embed=w.embed.detach(), final_gain=None, lm_head=torch.empty(w.lm_head.shape, **like),
+                         layers=layers, hq=w.hq, hk=w.hk, d=w.d, intermediate=w.intermediate, eps=w.eps,
+                         inv_freq=w.inv_freq, rope_scale=w.rope_scale, q_scaled=True, padding_idx=w.padding_idx)
+        self._rope_len = 0
         self.refresh()
 
+    @torch.no_grad()
     def refresh(self) -> None:
-        w = weights(self.model, fold=True)
-        self.w = w
-        qk = (w.hq + w.hk) * w.d
-        rot = rotate_half_matrix(w.d, w.embed.dtype, w.embed.device)
-        self.step_qkv = []
-        for layer in w.layers:
-            qk_cols = layer.wqkv[:, :qk]
-            rotated = (qk_cols.reshape(-1, w.hq + w.hk, w.d) @ rot).reshape(qk_cols.shape)
-            self.step_qkv.append(torch.cat([qk_cols, rotated, layer.wqkv[:, qk:]], dim=1).contiguous())
-        self._rope_len = 0
+        w, m = self.w, self.model.model
+        qd, kd, half = w.hq * w.d, w.hk * w.d, w.d // 2
+        for layer, qkv, module in zip(w.layers, self._qkv, m.layers):
+            a, mlp = module.self_attn, module.mlp
+            gain = module.input_layernorm.weight[:, None]
+            torch.mul(a.q_proj.weight.t(), gain * w.d**-0.5, out=qkv[:, :qd])
+            torch.mul(a.k_proj.weight.t(), gain, out=qkv[:, qd : qd + kd])
+            torch.mul(a.v_proj.weight.t(), gain, out=qkv[:, qd + kd : qd + 2 * kd])
+            # rotate_half per head, (−x₂, x₁), of the q and k columns
+            source = qkv[:, : qd + kd].unflatten(1, (w.hq + w.hk, 2, half))
+            rotated = qkv[:, qd + 2 * kd :].unflatten(1, (w.hq + w.hk, 2, half))
+            torch.neg(source[:, :, 1], out=rotated[:, :, 0])
+            rotated[:, :, 1].copy_(source[:, :, 0])
+            layer.wo.copy_(a.o_proj.weight.t())
+            gain = module.post_attention_layernorm.weight[:, None]
+            torch.mul(mlp.gate_proj.weight.t(), gain, out=layer.w_gate_up[:, : w.intermediate])
+            torch.mul(mlp.up_proj.weight.t(), gain, out=layer.w_gate_up[:, w.intermediate :])
+            layer.w_down.copy_(mlp.down_proj.weight.t())
+        torch.mul(self.model.lm_head.weight.t(), m.norm.weight[:, None], out=w.lm_head)
 
     def _rope(self, length: int, device) -> tuple[Tensor, Tensor]:
         if length > self._rope_len:
@@ -394,11 +390,11 @@ class Decoder:
         state["key_bias"][:, :, cur] = 0.0
         bias = state["key_bias"][:, :, :length].repeat_interleave(w.hk, 0)  # (n·Hkv, 1, L)
         x = F.embedding(tokens, w.embed)
-        for layer, wqkv, kt, vc in zip(w.layers, self.step_qkv, state["keys_t"], state["values"]):
-            h = rms_norm(x, None, w.eps) @ wqkv
-            rotated = torch.addcmul(h[:, :qk] * cos, h[:, qk : 2 * qk], sin)
+        for layer, wqkv, kt, vc in zip(w.layers, self._qkv, state["keys_t"], state["values"]):
+            h = rms_norm(x, None, w.eps) @ wqkv  # [q k | v | rotate_half(q k)]
+            rotated = torch.addcmul(h[:, :qk] * cos, h[:, -qk:], sin)
             kt[..., cur] = rotated[:, qd:].view(n, w.hk, w.d)
-            vc[:, :, cur] = h[:, 2 * qk :].view(n, w.hk, w.d)
+            vc[:, :, cur] = h[:, qk : qk + w.hk * w.d].view(n, w.hk, w.d)
             q = rotated[:, :qd].reshape(n * w.hk, rep, w.d)
             scores = torch.baddbmm(bias, q, kt.view(n * w.hk, w.d, -1)[..., :length])
             att = torch.bmm(torch.softmax(scores, dim=-1), vc.view(n * w.hk, -1, w.d)[:, :length])

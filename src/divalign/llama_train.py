@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from divalign import llama_fast
+from divalign.rmsnorm import normalize, normalize_backward
 from divalign.token_layout import TokenLayout, token_layout
+from divalign.token_logprobs import token_logprobs
 
 #: per layer, in this order: the attention norm gain, q, k, v, o, the MLP norm gain, gate, up, down
 _PER_LAYER = 9
@@ -46,12 +48,17 @@ def layer_parameters(model) -> list[Tensor]:
     return out
 
 
+def _shape(model) -> tuple:
+    cfg = model.config
+    return (type(model), cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
+            getattr(cfg, "head_dim", None), cfg.intermediate_size, cfg.rms_norm_eps,
+            model.model.embed_tokens.weight.dtype)
+
+
 def same_shape(model, reference) -> bool:
-    """Whether ``reference`` can run stacked with ``model`` (same architecture and sizes, same dtype)."""
-    if reference is None or not llama_fast.supports(reference):
-        return False
-    a, b = layer_parameters(model), layer_parameters(reference)
-    return len(a) == len(b) and all(x.shape == y.shape and x.dtype == y.dtype for x, y in zip(a, b))
+    """Whether ``reference`` can run stacked with ``model``: both supported Llama models of the same sizes and
+    dtype (the parameter shapes follow from these)."""
+    return reference is not None and llama_fast.supports(reference) and _shape(model) == _shape(reference)
 
 
 @dataclass(frozen=True)
@@ -119,17 +126,6 @@ def _unrotate(g: Tensor, cos: Tensor, sin_bwd: Tensor) -> Tensor:
     return torch.addcmul(g * cos, g.roll(g.shape[-1] // 2, -1), sin_bwd)
 
 
-def _norm(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """RMSNorm without gain: (x̂, r) with x̂ = x·r, r = 1/√(mean(x²) + ε) per row."""
-    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return x * r, r
-
-
-def _norm_backward(g: Tensor, normed: Tensor, r: Tensor) -> Tensor:
-    """Gradient of x̂(x) given the output gradient ``g``: r·(g − x̂·mean(g·x̂))."""
-    return (g - normed * (g * normed).mean(-1, keepdim=True)) * r
-
-
 @dataclass
 class _AttentionIndex:
     """Where attention's head-major tensors read and write the per-token ones (flattened (token, head) rows).
@@ -181,7 +177,7 @@ def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: 
     tokens = x.shape[1]
     saved = []
     for gain1, w_qkv, w_o, gain2, w_gate_up, w_down in weights:
-        normed1, r1 = _norm(x, dims.eps)
+        normed1, r1 = normalize(x, dims.eps)
         a1 = normed1 * gain1
         qkv = torch.bmm(a1, w_qkv.transpose(1, 2))
         qk = _rotate(qkv[..., : qd + kd].unflatten(-1, (hq + hk, d)), cos, sin_fwd)
@@ -191,7 +187,7 @@ def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: 
         probs = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=dims.scale), dim=-1)
         att = _gather_rows(torch.bmm(probs, v), index.output, models, d).view(models, tokens, qd)
         x2 = torch.baddbmm(x, att, w_o.transpose(1, 2))
-        normed2, r2 = _norm(x2, dims.eps)
+        normed2, r2 = normalize(x2, dims.eps)
         a2 = normed2 * gain2
         gate, up = torch.bmm(a2, w_gate_up.transpose(1, 2)).chunk(2, dim=-1)
         act = F.silu(gate)
@@ -219,7 +215,7 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
         d_w_gate_up = (a2.t() @ d_gate_up).t()  # the faster layout for this product than d_gate_upᵀ @ a2
         da2 = d_gate_up @ w_gate_up[0]
         d_gain2 = (da2 * normed2).sum(0)
-        g = g + _norm_backward(da2 * gain2[0], normed2, r2)
+        g = g + normalize_backward(da2 * gain2[0], normed2, r2)
         # attention: x2 = x + softmax(q kᵀ/√D + bias) v @ oᵀ
         d_o = g.t() @ att
         d_att = g.new_zeros(probs.shape[0] * rep * length, d).index_copy_(0, index.output, (g @ w_o[0]).view(-1, d))
@@ -237,7 +233,7 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
         d_w_qkv = d_qkv.t() @ a1
         da1 = d_qkv @ w_qkv[0]
         d_gain1 = (da1 * normed1).sum(0)
-        g = g + _norm_backward(da1 * gain1[0], normed1, r1)
+        g = g + normalize_backward(da1 * gain1[0], normed1, r1)
         grads.append((d_gain1.reshape(-1), d_w_qkv, d_o, d_gain2.reshape(-1), d_w_gate_up, d_down))
     return g, grads[::-1]
 
@@ -290,7 +286,7 @@ class _Stack(torch.autograd.Function):
 
     forward(dims, tables, layout, policy embeddings (R, H) of the layout's tokens, reference embeddings or None,
     reference weights (:func:`reference_weights`) or None, *policy layer parameters) → the last layer's output
-    (M, R, H), M = 1 or 2 models, row 0 the policy's. Only the policy row carries a gradient.
+    of the policy (R, H) and of the reference (R, H; empty without one). Only the policy's carries a gradient.
     """
 
     @staticmethod
@@ -301,12 +297,14 @@ class _Stack(torch.autograd.Function):
         out, saved = _layers_forward(dims, x, cos, sin_fwd, bias, weights, layout)
         ctx.dims, ctx.tables, ctx.layout, ctx.saved_layers = dims, tables, layout, saved
         ctx.weights = [tuple(w[:1] for w in layer) for layer in weights]
-        return out
+        ref_out = out[1] if x_ref is not None else out.new_empty(0)
+        ctx.mark_non_differentiable(ref_out)
+        return out[0], ref_out
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx, grad_out: Tensor, _grad_ref):
         cos, _, sin_bwd, _ = ctx.tables
-        g, layer_grads = _layers_backward(ctx.dims, grad_out[0], cos, sin_bwd, ctx.saved_layers, ctx.weights,
+        g, layer_grads = _layers_backward(ctx.dims, grad_out, cos, sin_bwd, ctx.saved_layers, ctx.weights,
                                           ctx.layout)
         ctx.saved_layers = ctx.weights = None
         dims = ctx.dims
@@ -317,12 +315,8 @@ class _Stack(torch.autograd.Function):
         return (None, None, None, g, None, None, *grads)
 
 
-def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1,
-                      reference=None) -> tuple[Tensor, Tensor | None]:
-    """Final-norm hidden states at the positions predicting each completion token, (B, T, hidden), of the policy
-    (with gradient) and, when ``reference`` is given (see :func:`same_shape`), the reference's logits there
-    (without gradient). With ``group_size`` G > 1 the rows come in groups of G sharing a prompt, which runs once
-    (:mod:`divalign.token_layout`)."""
+def _last_layer(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int, reference):
+    """Run the decoder stack: the layout, and the last layer's output of the policy and the reference."""
     embed = model.model.embed_tokens
     dims = _Dims.of(model)
     layout = token_layout(input_ids, attention_mask, prompt_length, group_size)
@@ -332,11 +326,37 @@ def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, prompt_l
     if reference is not None:
         x_ref = F.embedding(layout.token_ids, reference.model.embed_tokens.weight.detach())
         ref_weights = reference_weights(reference)
-    out = _Stack.apply(dims, tables, layout, x, x_ref, ref_weights, *layer_parameters(model))
-    out = out[:, layout.predicting]  # (M, B, T, H)
-    hidden = llama_fast.rms_norm(out[0], model.model.norm.weight, dims.eps)
-    ref_logits = None
+    out, ref_out = _Stack.apply(dims, tables, layout, x, x_ref, ref_weights, *layer_parameters(model))
+    return layout, out, ref_out if reference is not None else None
+
+
+def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1,
+                        reference=None, temperature: float = 1.0, with_entropy: bool = False):
+    """log π(y_t | x, y_<t) of the completion tokens (B, T), 0 on padding, with gradient; the entropy of each
+    next-token distribution when asked and, when ``reference`` is given (see :func:`same_shape`), the reference's
+    log-probabilities, both without gradient. With ``group_size`` G > 1 the rows come in groups of G sharing a
+    prompt, which runs once (:mod:`divalign.token_layout`)."""
+    layout, out, ref_out = _last_layer(model, input_ids, attention_mask, prompt_length, group_size, reference)
+    mask = attention_mask[:, prompt_length:].bool()
+    tokens, index = input_ids[:, prompt_length:][mask], layout.predicting[mask]
+    eps = model.config.rms_norm_eps
+
+    def full(values: Tensor) -> Tensor:
+        return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
+
+    logp, entropy = token_logprobs(out, index, tokens, model.model.norm.weight, model.lm_head.weight, eps,
+                                   temperature, with_entropy)
+    ref_logp = None
     if reference is not None:
         with torch.no_grad():
-            ref_logits = reference.lm_head(llama_fast.rms_norm(out[1], reference.model.norm.weight, dims.eps))
-    return hidden, ref_logits
+            ref_logp = full(token_logprobs(ref_out, index, tokens, reference.model.norm.weight,
+                                           reference.lm_head.weight, eps, temperature)[0])
+    return full(logp), None if entropy is None else full(entropy), ref_logp
+
+
+def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1
+                      ) -> Tensor:
+    """Final-norm hidden states at the positions predicting each completion token, (B, T, hidden), with gradient
+    (for a value head; :func:`completion_logprobs` when only log-probabilities are needed)."""
+    layout, out, _ = _last_layer(model, input_ids, attention_mask, prompt_length, group_size, None)
+    return llama_fast.rms_norm(out[layout.predicting], model.model.norm.weight, model.config.rms_norm_eps)

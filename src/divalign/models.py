@@ -217,11 +217,16 @@ def completion_forward(
             share_prompt = written_out or prompt_sharing_pays(model, batch, group_size)
         if not share_prompt:
             group_size = 1  # one pass over whole rows
-    hidden = ref_logits = None
-    if written_out:
+    if written_out and not with_hidden:
         stacked = reference if llama_train.same_shape(model, reference) else None
-        hidden, ref_logits = llama_train.completion_hidden(model, batch.input_ids, batch.attention_mask, prompt_len,
-                                                           group_size, stacked)
+        logp, entropy, ref_logp = llama_train.completion_logprobs(
+            model, batch.input_ids, batch.attention_mask, prompt_len, group_size, stacked, temperature, with_entropy)
+        if reference is not None and ref_logp is None:
+            ref_logp = _reference_logprobs(reference, batch, temperature, group_size, fast)
+        return CompletionOutput(logp, entropy, None, ref_logp)
+    hidden = None
+    if written_out:
+        hidden = llama_train.completion_hidden(model, batch.input_ids, batch.attention_mask, prompt_len, group_size)
         logits = model.lm_head(hidden)
     elif fast_model:
         hidden, w = llama_fast.completion_hidden(model, batch.input_ids, batch.attention_mask, prompt_len, group_size)
@@ -241,14 +246,14 @@ def completion_forward(
         if with_hidden:
             hidden = out.hidden_states[-1][:, prompt_len - 1 : -1]
     logp, entropy = logprobs_from_logits(_scaled(logits, temperature), tokens, mask, with_entropy)
-    ref_logp = None
-    if ref_logits is not None:
-        ref_logp, _ = logprobs_from_logits(_scaled(ref_logits, temperature), tokens, mask)
-    elif reference is not None:
-        with torch.no_grad():
-            ref_logp = completion_forward(reference, batch, temperature, group_size=group_size, fast=fast,
-                                          share_prompt=group_size > 1).logprobs
+    ref_logp = None if reference is None else _reference_logprobs(reference, batch, temperature, group_size, fast)
     return CompletionOutput(logp, entropy, hidden if with_hidden else None, ref_logp)
+
+
+def _reference_logprobs(reference, batch: SequenceBatch, temperature: float, group_size: int, fast: bool) -> Tensor:
+    with torch.no_grad():
+        return completion_forward(reference, batch, temperature, group_size=group_size, fast=fast,
+                                  share_prompt=group_size > 1).logprobs
 
 
 def _scaled(logits: Tensor, temperature: float) -> Tensor:
