@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from divalign import llama_fast
-from divalign.rmsnorm import normalize, normalize_backward
+from divalign import llama_fast, rmsnorm
+from divalign.rmsnorm import normalize
 from divalign.token_layout import TokenLayout, token_layout
 from divalign.token_logprobs import token_logprobs
 
@@ -211,11 +211,12 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
         # MLP: x3 = x2 + (silu(gate)·up) @ downᵀ
         d_down = g.t() @ h
         dh = g @ w_down[0]
-        d_gate_up = torch.cat([torch.ops.aten.silu_backward(dh * up, gate), dh * act], dim=-1)
+        d_gate_up = dh.new_empty(dh.shape[0], 2 * dh.shape[1])  # written in halves (no concatenation pass)
+        torch.ops.aten.silu_backward.grad_input(dh * up, gate, grad_input=d_gate_up[:, : dh.shape[1]])
+        torch.mul(dh, act, out=d_gate_up[:, dh.shape[1] :])
         d_w_gate_up = (a2.t() @ d_gate_up).t()  # the faster layout for this product than d_gate_upᵀ @ a2
         da2 = d_gate_up @ w_gate_up[0]
-        d_gain2 = (da2 * normed2).sum(0)
-        g = g + normalize_backward(da2 * gain2[0], normed2, r2)
+        g, d_gain2 = rmsnorm.backward(da2, gain2[0, 0], normed2, r2, residual=g)
         # attention: x2 = x + softmax(q kᵀ/√D + bias) v @ oᵀ
         d_o = g.t() @ att
         d_att = g.new_zeros(probs.shape[0] * rep * length, d).index_copy_(0, index.output, (g @ w_o[0]).view(-1, d))
@@ -232,9 +233,8 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
         d_qkv = torch.cat([_unrotate(d_qk, cos, sin_bwd).flatten(1), dv.view(tokens, hk * d)], -1)
         d_w_qkv = d_qkv.t() @ a1
         da1 = d_qkv @ w_qkv[0]
-        d_gain1 = (da1 * normed1).sum(0)
-        g = g + normalize_backward(da1 * gain1[0], normed1, r1)
-        grads.append((d_gain1.reshape(-1), d_w_qkv, d_o, d_gain2.reshape(-1), d_w_gate_up, d_down))
+        g, d_gain1 = rmsnorm.backward(da1, gain1[0, 0], normed1, r1, residual=g)
+        grads.append((d_gain1, d_w_qkv, d_o, d_gain2, d_w_gate_up, d_down))
     return g, grads[::-1]
 
 

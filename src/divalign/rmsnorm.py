@@ -1,4 +1,4 @@
-"""RMSNorm without its gain, and its gradient, for the passes with a written-out backward."""
+"""RMSNorm without its gain, and the gradients of RMSNorm with it, for the passes with a written-out backward."""
 
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ def normalize(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return x * r, r
 
 
-def normalize_backward(g: Tensor, normed: Tensor, r: Tensor) -> Tensor:
-    """Gradient of x̂(x) given the output gradient ``g``: r·(g − x̂·mean(g·x̂))."""
-    return (g - normed * (g * normed).mean(-1, keepdim=True)) * r
+def backward(d_out: Tensor, gain: Tensor, normed: Tensor, r: Tensor, residual: Tensor | None = None
+             ) -> tuple[Tensor, Tensor]:
+    """Gradients of y = x̂·gain given d_out = ∂L/∂y: ∂L/∂x = r·(t − x̂·mean(t·x̂)) with t = d_out·gain (plus
+    ``residual``, the gradient reaching x by another path), and ∂L/∂gain = Σ_rows d_out·x̂."""
+    t = d_out * gain
+    dot = torch.linalg.vecdot(t, normed).unsqueeze(-1).mul_(-1 / normed.shape[-1])
+    d_x = torch.addcmul(t, normed, dot)
+    d_x = d_x.mul_(r) if residual is None else torch.addcmul(residual, d_x, r)
+    return d_x, (d_out * normed).sum(0)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from divalign.rmsnorm import normalize, normalize_backward
+from divalign import rmsnorm
+from divalign.rmsnorm import normalize
 
 
 def _logits(hidden: Tensor, gain: Tensor, weight: Tensor, eps: float, temperature: float):
@@ -50,9 +51,7 @@ class _Head(torch.autograd.Function):
             d_logits = d_logits / ctx.temperature
         d_logits = d_logits.to(weight.dtype)
         d_weight = d_logits.t() @ scaled
-        d_scaled = d_logits @ weight
-        d_gain = (d_scaled * normed).sum(0)
-        d_rows = normalize_backward(d_scaled * gain, normed, r)
+        d_rows, d_gain = rmsnorm.backward(d_logits @ weight, gain, normed, r)
         d_hidden = d_rows.new_zeros(ctx.rows, d_rows.shape[1]).index_add_(0, index, d_rows)
         return d_hidden, None, None, d_gain, d_weight, None, None, None
 
