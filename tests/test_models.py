@@ -159,6 +159,31 @@ def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_h
         torch.testing.assert_close(p.grad, g_ref, atol=1e-5, rtol=1e-4)
 
 
+def test_two_policies_sharing_a_reference_keep_their_own_gradients(tiny_model_dir):
+    """The stacked pass keeps the weights of the policy and its reference in buffers shared per reference; a
+    second policy's forward in between must not change the first one's gradients."""
+    from divalign.models import completion_forward, frozen_copy
+
+    first, tok = load_causal_lm(tiny_model_dir)
+    reference = frozen_copy(first)
+    second = frozen_copy(first).requires_grad_(True)
+    with torch.no_grad():
+        for p in list(first.parameters()) + list(second.parameters()):
+            p.add_(0.05 * torch.randn(p.shape))
+    ids = torch.tensor([tok("12+3=45")["input_ids"], tok("7+8=15")["input_ids"][:1] + tok("7+8=15")["input_ids"]])
+    batch = SequenceBatch(ids, torch.ones_like(ids), 4)
+    expected = completion_logprobs(first, batch, fast=False)[0]
+    expected.sum().backward()
+    expected_grads = [p.grad.clone() for p in first.parameters()]
+    first.zero_grad()
+
+    out = completion_forward(first, batch, reference=reference)
+    completion_forward(second, batch, reference=reference)  # writes its own weights into the shared buffers
+    out.logprobs.sum().backward()
+    for p, g_ref in zip(first.parameters(), expected_grads):
+        torch.testing.assert_close(p.grad, g_ref, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_compiled_lean_forward_equals_eager_in_value_and_gradient(tiny_model_dir):
     """``compile: true`` (torch.compile of the lean forward, about a minute on CPU) changes no value or gradient."""

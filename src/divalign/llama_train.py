@@ -166,7 +166,7 @@ def _gather_rows(t: Tensor, index: Tensor, models: int, width: int) -> Tensor:
 def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: Tensor, weights,
                     layout: TokenLayout):
     """The decoder layers on x (M, R, H), the tokens of ``layout``, M models stacked, each layer's weights stacked
-    the same way (gain1, qkv, o, gain2, gate_up, down; see :func:`_stack_weights`). Attention reads the tokens
+    the same way (gain1, qkv, o, gain2, gate_up, down; see :func:`_fuse`). Attention reads the tokens
     through the layout's slots. Returns the last output and, per layer, what the backward of model 0 needs."""
     hq, hk, d = dims.hq, dims.hk, dims.d
     qd, kd, rep = hq * d, hk * d, hq // hk
@@ -242,40 +242,56 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
 
 
 def _fuse(params) -> list[tuple[Tensor, ...]]:
-    """:func:`layer_parameters` → per layer (gain1, qkv, o, gain2, gate_up, down), q, k, v and gate, up
-    concatenated (out, in)."""
+    """:func:`layer_parameters` → per layer (gain1, qkv, o, gain2, gate_up, down) with a leading model axis of 1,
+    q, k, v and gate, up concatenated (out, in), gains shaped (1, 1, H) to broadcast."""
     out = []
     for i in range(0, len(params), _PER_LAYER):
         ln1, wq, wk, wv, wo, ln2, wg, wu, wd = params[i:i + _PER_LAYER]
-        out.append((ln1, torch.cat([wq, wk, wv]), wo, ln2, torch.cat([wg, wu]), wd))
+        out.append((ln1[None, None], torch.cat([wq, wk, wv])[None], wo[None], ln2[None, None],
+                    torch.cat([wg, wu])[None], wd[None]))
     return out
 
 
-_reference_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+class _PairWeights:
+    """A policy's and its frozen reference's fused weights (as :func:`_fuse`) in buffers with a leading model axis
+    of 2, kept per reference. The reference's half is rewritten only when one of its parameters changed in place;
+    the policy's on every forward, straight into its half (no stacking pass). ``owner`` names the forward whose
+    policy weights the buffers hold, so a backward can tell whether they are still its own."""
+
+    def __init__(self, reference):
+        fused = _fuse([t.detach() for t in layer_parameters(reference)])
+        self.layers = [tuple(w.new_empty((2, *w.shape[1:])) for w in layer) for layer in fused]
+        self.versions: tuple | None = None
+        self.owner: object | None = None
+
+    def fill(self, params, reference) -> object:
+        ref_params = [t.detach() for t in layer_parameters(reference)]
+        versions = tuple(t._version for t in ref_params)
+        if versions != self.versions:
+            self._write(ref_params, 1)
+            self.versions = versions
+        self._write(params, 0)
+        self.owner = object()
+        return self.owner
+
+    def _write(self, params, slot: int) -> None:
+        for i, (gain1, qkv, o, gain2, gate_up, down) in enumerate(self.layers):
+            ln1, wq, wk, wv, wo, ln2, wg, wu, wd = params[i * _PER_LAYER:(i + 1) * _PER_LAYER]
+            gain1[slot, 0].copy_(ln1)
+            torch.cat([wq, wk, wv], out=qkv[slot])
+            o[slot].copy_(wo)
+            gain2[slot, 0].copy_(ln2)
+            torch.cat([wg, wu], out=gate_up[slot])
+            down[slot].copy_(wd)
 
 
-def reference_weights(reference) -> list[tuple[Tensor, ...]]:
-    """The frozen reference's :func:`_fuse` weights, rebuilt only when one of its parameters changed in place."""
-    params = [t.detach() for t in layer_parameters(reference)]
-    versions = tuple(t._version for t in params)
-    cached = _reference_cache.get(reference)
-    if cached is None or cached[0] != versions:
-        cached = (versions, _fuse(params))
-        _reference_cache[reference] = cached
-    return cached[1]
+_pair_weights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _stack_weights(policy: list[tuple[Tensor, ...]], reference: list[tuple[Tensor, ...]] | None):
-    """Per layer, each weight with a leading model axis (1 or 2); gains shaped (M, 1, H) to broadcast."""
-    out = []
-    for i, layer in enumerate(policy):
-        if reference is None:
-            stacked = [w.unsqueeze(0) for w in layer]
-        else:
-            stacked = [torch.stack([w, r]) for w, r in zip(layer, reference[i])]
-        stacked[0], stacked[3] = stacked[0].unsqueeze(1), stacked[3].unsqueeze(1)
-        out.append(tuple(stacked))
-    return out
+def pair_weights(reference) -> _PairWeights:
+    if reference not in _pair_weights:
+        _pair_weights[reference] = _PairWeights(reference)
+    return _pair_weights[reference]
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -285,18 +301,24 @@ class _Stack(torch.autograd.Function):
     """The decoder layers as one autograd node; see the module docstring.
 
     forward(dims, tables, layout, policy embeddings (R, H) of the layout's tokens, reference embeddings or None,
-    reference weights (:func:`reference_weights`) or None, *policy layer parameters) → the last layer's output
-    of the policy (R, H) and of the reference (R, H; empty without one). Only the policy's carries a gradient.
+    (reference, :func:`pair_weights`) or None, *policy layer parameters) → the last layer's output of the policy
+    (R, H) and of the reference (R, H; empty without one). Only the policy's carries a gradient.
     """
 
     @staticmethod
-    def forward(ctx, dims, tables, layout, x, x_ref, ref_weights, *params):
+    def forward(ctx, dims, tables, layout, x, x_ref, pair, *params):
         cos, sin_fwd, _, bias = tables
-        weights = _stack_weights(_fuse(params), ref_weights)
-        x = x[None] if x_ref is None else torch.stack([x, x_ref])
+        ctx.pair, ctx.params = pair, params
+        if pair is None:
+            weights = _fuse(params)
+            x = x[None]
+        else:
+            reference, pair = pair
+            ctx.pair, ctx.owner = pair, pair.fill(params, reference)
+            weights = pair.layers
+            x = torch.stack([x, x_ref])
         out, saved = _layers_forward(dims, x, cos, sin_fwd, bias, weights, layout)
         ctx.dims, ctx.tables, ctx.layout, ctx.saved_layers = dims, tables, layout, saved
-        ctx.weights = [tuple(w[:1] for w in layer) for layer in weights]
         ref_out = out[1] if x_ref is not None else out.new_empty(0)
         ctx.mark_non_differentiable(ref_out)
         return out[0], ref_out
@@ -304,9 +326,12 @@ class _Stack(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor, _grad_ref):
         cos, _, sin_bwd, _ = ctx.tables
-        g, layer_grads = _layers_backward(ctx.dims, grad_out, cos, sin_bwd, ctx.saved_layers, ctx.weights,
-                                          ctx.layout)
-        ctx.saved_layers = ctx.weights = None
+        if ctx.pair is not None and ctx.pair.owner is ctx.owner:
+            weights = [tuple(w[:1] for w in layer) for layer in ctx.pair.layers]
+        else:  # no reference, or another forward has since written its policy into the shared buffers
+            weights = _fuse(ctx.params)
+        g, layer_grads = _layers_backward(ctx.dims, grad_out, cos, sin_bwd, ctx.saved_layers, weights, ctx.layout)
+        ctx.saved_layers = ctx.pair = ctx.params = None
         dims = ctx.dims
         qd, kd = dims.hq * dims.d, dims.hk * dims.d
         grads = []
@@ -322,11 +347,11 @@ def _last_layer(model, input_ids: Tensor, attention_mask: Tensor, prompt_length:
     layout = token_layout(input_ids, attention_mask, prompt_length, group_size)
     tables = _tables(model, layout, embed.weight.dtype, dims)
     x = F.embedding(layout.token_ids, embed.weight, padding_idx=embed.padding_idx)
-    x_ref = ref_weights = None
+    x_ref = pair = None
     if reference is not None:
         x_ref = F.embedding(layout.token_ids, reference.model.embed_tokens.weight.detach())
-        ref_weights = reference_weights(reference)
-    out, ref_out = _Stack.apply(dims, tables, layout, x, x_ref, ref_weights, *layer_parameters(model))
+        pair = (reference, pair_weights(reference))
+    out, ref_out = _Stack.apply(dims, tables, layout, x, x_ref, pair, *layer_parameters(model))
     return layout, out, ref_out if reference is not None else None
 
 
