@@ -142,6 +142,13 @@ class _AttentionIndex:
 
 
 def _attention_index(layout: TokenLayout, dims: _Dims) -> _AttentionIndex:
+    """The layout's :class:`_AttentionIndex`, built once and kept on the layout for the backward."""
+    if getattr(layout, "attention_index", None) is None:
+        layout.attention_index = _build_attention_index(layout, dims)
+    return layout.attention_index
+
+
+def _build_attention_index(layout: TokenLayout, dims: _Dims) -> _AttentionIndex:
     hq, hk, rep, length = dims.hq, dims.hk, dims.hq // dims.hk, layout.length
     device = layout.key_map.device
     token = layout.key_map.view(layout.rows, 1, 1, length)

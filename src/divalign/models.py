@@ -118,6 +118,13 @@ def disable_dropout(model) -> None:
             module.attention_dropout = 0.0
 
 
+def set_training(model, training: bool) -> None:
+    """``model.train(training)``, skipped when the model is already in that mode (``Module.train`` walks every
+    submodule, which costs a noticeable share of a small model's step)."""
+    if model.training != training:
+        model.train(training)
+
+
 def frozen_copy(model):
     """A reference model: a deep copy with gradients off, in eval mode."""
     ref = copy.deepcopy(model)

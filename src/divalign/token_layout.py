@@ -33,6 +33,7 @@ class TokenLayout:
     predicting: Tensor  #: (B, C) the token whose output predicts each completion token (0 where it is padding)
     rows: int  #: attention rows (one per sequence)
     length: int  #: slots per row (L = P + C)
+    attention_index: object = None  #: the index tables a model derives from this layout, kept for its backward
 
 
 def token_layout(input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1) -> TokenLayout:

@@ -25,7 +25,7 @@ import torch
 from divalign import advantages, objectives
 from divalign.data.preferences import Unpaired
 from divalign.generation import make_sampler
-from divalign.models import SequenceBatch, completion_forward
+from divalign.models import SequenceBatch, completion_forward, set_training
 from divalign.objectives import OnlineBatch, UnpairedBatch
 from divalign.objectives import kl as kl_estimators
 from divalign.objectives.batch import rows_of
@@ -257,7 +257,7 @@ class OnlineTrainer:
     def step(self, step: int) -> dict:
         cfg = self.config
         t0 = time.perf_counter()
-        self.policy.eval()
+        set_training(self.policy, False)
         batch = collect(self, step)
         if batch is None:
             return {"step": step + 1, "groups_kept": 0, "skipped": 1.0, "step_s": time.perf_counter() - t0}

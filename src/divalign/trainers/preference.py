@@ -21,7 +21,7 @@ from divalign import llama_fast, objectives
 from divalign.data.order import EpochOrder
 from divalign.data.preferences import Pair, Unpaired
 from divalign.data.tokens import fit, pad
-from divalign.models import SequenceBatch, completion_forward, completion_logprobs
+from divalign.models import SequenceBatch, completion_forward, completion_logprobs, set_training
 from divalign.objectives import PairBatch, UnpairedBatch
 from divalign.objectives.pairs import DPOOptions, FDPOOptions, FPOOptions, IPOOptions
 from divalign.objectives.unpaired import FDOOptions, KTOOptions
@@ -190,7 +190,7 @@ class PreferenceTrainer:
     def step(self, step: int) -> dict:
         t0 = time.perf_counter()
         cfg = self.config
-        self.policy.train()
+        set_training(self.policy, True)
         units = self._units(step)
         micro = cfg.micro_batch_size or len(units)
         summed: dict[str, float] = {}

@@ -19,7 +19,7 @@ import torch
 from divalign.data.order import EpochOrder
 from divalign.data.sft import Chat, Demonstration, render
 from divalign.data.tokens import fit
-from divalign.models import segment_logprobs
+from divalign.models import segment_logprobs, set_training
 from divalign.trainers.loop import RunOptions
 from divalign.trainers.optim import Optimization, OptimizerOptions
 
@@ -202,7 +202,7 @@ class SFTTrainer:
     def step(self, step: int) -> dict:
         t0 = time.perf_counter()
         cfg = self.config
-        self.policy.train()
+        set_training(self.policy, True)
         batch = self._batch(step)
         tokens = batch.loss_mask.sum().clamp(min=1)
         micro = cfg.micro_batch_size or batch.input_ids.shape[0]
