@@ -171,10 +171,13 @@ def _gather_rows(t: Tensor, index: Tensor, models: int, width: int) -> Tensor:
 
 
 def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: Tensor, weights,
-                    layout: TokenLayout):
+                    layout: TokenLayout, outputs: Tensor | None = None):
     """The decoder layers on x (M, R, H), the tokens of ``layout``, M models stacked, each layer's weights stacked
     the same way (gain1, qkv, o, gain2, gate_up, down; see :func:`_fuse`). Attention reads the tokens
-    through the layout's slots. Returns the last output and, per layer, what the backward of model 0 needs."""
+    through the layout's slots. With ``outputs`` (indices of the tokens whose output is wanted), the last layer
+    runs its attention output, its residual and its MLP for those tokens only: the others' last outputs feed
+    nothing. Returns the last output, (M, R or len(outputs), H), and per layer what the backward of model 0
+    needs."""
     hq, hk, d = dims.hq, dims.hk, dims.d
     qd, kd, rep = hq * d, hk * d, hq // hk
     models = x.shape[0]
@@ -183,7 +186,8 @@ def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: 
     rows = layout.rows * hk  # model 0's rows of the head-major tensors
     tokens = x.shape[1]
     saved = []
-    for gain1, w_qkv, w_o, gain2, w_gate_up, w_down in weights:
+    for i, (gain1, w_qkv, w_o, gain2, w_gate_up, w_down) in enumerate(weights):
+        kept = outputs if i == len(weights) - 1 else None
         normed1, r1 = normalize(x, dims.eps)
         a1 = normed1 * gain1
         qkv = torch.bmm(a1, w_qkv.transpose(1, 2))
@@ -192,8 +196,9 @@ def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: 
         k = _gather_rows(qk, index.key, models, d).view(-1, length, d)
         v = _gather_rows(qkv, index.value, models, d).view(-1, length, d)
         probs = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=dims.scale), dim=-1)
-        att = _gather_rows(torch.bmm(probs, v), index.output, models, d).view(models, tokens, qd)
-        x2 = torch.baddbmm(x, att, w_o.transpose(1, 2))
+        att_rows = index.output if kept is None else index.output.view(tokens, hq)[kept].reshape(-1)
+        att = _gather_rows(torch.bmm(probs, v), att_rows, models, d).view(models, -1, qd)
+        x2 = torch.baddbmm(x if kept is None else x[:, kept], att, w_o.transpose(1, 2))
         normed2, r2 = normalize(x2, dims.eps)
         a2 = normed2 * gain2
         gate, up = torch.bmm(a2, w_gate_up.transpose(1, 2)).chunk(2, dim=-1)
@@ -201,20 +206,21 @@ def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: 
         h = act * up
         x = torch.baddbmm(x2, h, w_down.transpose(1, 2))
         saved.append((normed1[0], r1[0], a1[0], q[:rows], k[:rows], v[:rows], probs[:rows], att[0], normed2[0],
-                      r2[0], a2[0], gate[0], up[0], act[0], h[0]))
+                      r2[0], a2[0], gate[0], up[0], act[0], h[0], kept, att_rows))
     return x, saved
 
 
 def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved, weights, layout: TokenLayout):
-    """Gradient of model 0 through :func:`_layers_forward`, from the output gradient g (R, H). Returns the input
-    gradient and, per layer, the gradients of (gain1, qkv, o, gain2, gate_up, down). A token's key and value
+    """Gradient of model 0 through :func:`_layers_forward`, from the gradient g of its last output. Returns the
+    input gradient and, per layer, the gradients of (gain1, qkv, o, gain2, gate_up, down). A token's key and value
     gradients sum over every slot that reads it (a shared prompt's, over its group)."""
     hq, hk, d = dims.hq, dims.hk, dims.d
-    rep, length, tokens = hq // hk, layout.length, g.shape[0]
+    rep, length, tokens = hq // hk, layout.length, len(layout.token_ids)
     index = _attention_index(layout, dims)
     grads = []
     for (gain1, w_qkv, w_o, gain2, w_gate_up, w_down), (normed1, r1, a1, q, k, v, probs, att, normed2, r2, a2, gate,
-                                                         up, act, h) in zip(reversed(weights), reversed(saved)):
+                                                         up, act, h, kept, att_rows) in zip(reversed(weights),
+                                                                                            reversed(saved)):
         # MLP: x3 = x2 + (silu(gate)·up) @ downᵀ
         d_down = g.t() @ h
         dh = g @ w_down[0]
@@ -226,7 +232,7 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
         g, d_gain2 = rmsnorm.backward(da2, gain2[0, 0], normed2, r2, residual=g)
         # attention: x2 = x + softmax(q kᵀ/√D + bias) v @ oᵀ
         d_o = g.t() @ att
-        d_att = g.new_zeros(probs.shape[0] * rep * length, d).index_copy_(0, index.output, (g @ w_o[0]).view(-1, d))
+        d_att = g.new_zeros(probs.shape[0] * rep * length, d).index_copy_(0, att_rows, (g @ w_o[0]).view(-1, d))
         d_att = d_att.view(-1, rep * length, d)
         d_probs = torch.bmm(d_att, v.transpose(1, 2))
         dv = torch.bmm(probs.transpose(1, 2), d_att)
@@ -240,6 +246,8 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
         d_qkv = torch.cat([_unrotate(d_qk, cos, sin_bwd).flatten(1), dv.view(tokens, hk * d)], -1)
         d_w_qkv = d_qkv.t() @ a1
         da1 = d_qkv @ w_qkv[0]
+        if kept is not None:  # the residual reached only the kept tokens
+            g = g.new_zeros(tokens, g.shape[1]).index_copy_(0, kept, g)
         g, d_gain1 = rmsnorm.backward(da1, gain1[0, 0], normed1, r1, residual=g)
         grads.append((d_gain1, d_w_qkv, d_o, d_gain2, d_w_gate_up, d_down))
     return g, grads[::-1]
@@ -307,13 +315,14 @@ def pair_weights(reference) -> _PairWeights:
 class _Stack(torch.autograd.Function):
     """The decoder layers as one autograd node; see the module docstring.
 
-    forward(dims, tables, layout, policy embeddings (R, H) of the layout's tokens, reference embeddings or None,
-    (reference, :func:`pair_weights`) or None, *policy layer parameters) → the last layer's output of the policy
-    (R, H) and of the reference (R, H; empty without one). Only the policy's carries a gradient.
+    forward(dims, tables, layout, outputs (see :func:`_layers_forward`) or None, policy embeddings (R, H) of the
+    layout's tokens, reference embeddings or None, (reference, :func:`pair_weights`) or None, *policy layer
+    parameters) → the last layer's output of the policy (R or len(outputs), H) and of the reference (the same;
+    empty without one). Only the policy's carries a gradient.
     """
 
     @staticmethod
-    def forward(ctx, dims, tables, layout, x, x_ref, pair, *params):
+    def forward(ctx, dims, tables, layout, outputs, x, x_ref, pair, *params):
         cos, sin_fwd, _, bias = tables
         ctx.pair, ctx.params = pair, params
         if pair is None:
@@ -324,7 +333,7 @@ class _Stack(torch.autograd.Function):
             ctx.pair, ctx.owner = pair, pair.fill(params, reference)
             weights = pair.layers
             x = torch.stack([x, x_ref])
-        out, saved = _layers_forward(dims, x, cos, sin_fwd, bias, weights, layout)
+        out, saved = _layers_forward(dims, x, cos, sin_fwd, bias, weights, layout, outputs)
         ctx.dims, ctx.tables, ctx.layout, ctx.saved_layers = dims, tables, layout, saved
         ref_out = out[1] if x_ref is not None else out.new_empty(0)
         ctx.mark_non_differentiable(ref_out)
@@ -344,22 +353,22 @@ class _Stack(torch.autograd.Function):
         grads = []
         for d_gain1, d_qkv, d_o, d_gain2, d_gate_up, d_down in layer_grads:
             grads += [d_gain1, *d_qkv.split([qd, kd, kd]), d_o, d_gain2, *d_gate_up.chunk(2), d_down]
-        return (None, None, None, g, None, None, *grads)
+        return (None, None, None, None, g, None, None, *grads)
 
 
-def _last_layer(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int, reference):
-    """Run the decoder stack: the layout, and the last layer's output of the policy and the reference."""
+def _last_layer(model, layout: TokenLayout, outputs: Tensor | None, reference):
+    """Run the decoder stack over ``layout``: the last layer's output of the policy and the reference (for the
+    ``outputs`` tokens only, when given)."""
     embed = model.model.embed_tokens
     dims = _Dims.of(model)
-    layout = token_layout(input_ids, attention_mask, prompt_length, group_size)
     tables = _tables(model, layout, embed.weight.dtype, dims)
     x = F.embedding(layout.token_ids, embed.weight, padding_idx=embed.padding_idx)
     x_ref = pair = None
     if reference is not None:
         x_ref = F.embedding(layout.token_ids, reference.model.embed_tokens.weight.detach())
         pair = (reference, pair_weights(reference))
-    out, ref_out = _Stack.apply(dims, tables, layout, x, x_ref, pair, *layer_parameters(model))
-    return layout, out, ref_out if reference is not None else None
+    out, ref_out = _Stack.apply(dims, tables, layout, outputs, x, x_ref, pair, *layer_parameters(model))
+    return out, ref_out if reference is not None else None
 
 
 def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1,
@@ -368,9 +377,12 @@ def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, prompt
     next-token distribution when asked and, when ``reference`` is given (see :func:`same_shape`), the reference's
     log-probabilities, both without gradient. With ``group_size`` G > 1 the rows come in groups of G sharing a
     prompt, which runs once (:mod:`divalign.token_layout`)."""
-    layout, out, ref_out = _last_layer(model, input_ids, attention_mask, prompt_length, group_size, reference)
+    layout = token_layout(input_ids, attention_mask, prompt_length, group_size)
     mask = attention_mask[:, prompt_length:].bool()
-    tokens, index = input_ids[:, prompt_length:][mask], layout.predicting[mask]
+    tokens = input_ids[:, prompt_length:][mask]
+    # only the tokens that predict a completion token need the last layer's output
+    outputs, index = torch.unique(layout.predicting[mask], return_inverse=True)
+    out, ref_out = _last_layer(model, layout, outputs, reference)
     eps = model.config.rms_norm_eps
 
     def full(values: Tensor) -> Tensor:
@@ -390,5 +402,6 @@ def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, prompt_l
                       ) -> Tensor:
     """Final-norm hidden states at the positions predicting each completion token, (B, T, hidden), with gradient
     (for a value head; :func:`completion_logprobs` when only log-probabilities are needed)."""
-    layout, out, _ = _last_layer(model, input_ids, attention_mask, prompt_length, group_size, None)
+    layout = token_layout(input_ids, attention_mask, prompt_length, group_size)
+    out, _ = _last_layer(model, layout, None, None)
     return llama_fast.rms_norm(out[layout.predicting], model.model.norm.weight, model.config.rms_norm_eps)
