@@ -274,30 +274,34 @@ class _PairWeights:
     policy weights the buffers hold, so a backward can tell whether they are still its own."""
 
     def __init__(self, reference):
-        fused = _fuse([t.detach() for t in layer_parameters(reference)])
+        self.reference_params = [t.detach() for t in layer_parameters(reference)]
+        fused = _fuse(self.reference_params)
         self.layers = [tuple(w.new_empty((2, *w.shape[1:])) for w in layer) for layer in fused]
         self.versions: tuple | None = None
         self.owner: object | None = None
 
-    def fill(self, params, reference) -> object:
-        ref_params = [t.detach() for t in layer_parameters(reference)]
-        versions = tuple(t._version for t in ref_params)
+    def fill(self, params) -> object:
+        versions = tuple(t._version for t in self.reference_params)
         if versions != self.versions:
-            self._write(ref_params, 1)
+            self._write(self.reference_params, 1)
             self.versions = versions
         self._write(params, 0)
         self.owner = object()
         return self.owner
 
     def _write(self, params, slot: int) -> None:
-        for i, (gain1, qkv, o, gain2, gate_up, down) in enumerate(self.layers):
-            ln1, wq, wk, wv, wo, ln2, wg, wu, wd = params[i * _PER_LAYER:(i + 1) * _PER_LAYER]
-            gain1[slot, 0].copy_(ln1)
-            torch.cat([wq, wk, wv], out=qkv[slot])
-            o[slot].copy_(wo)
-            gain2[slot, 0].copy_(ln2)
-            torch.cat([wg, wu], out=gate_up[slot])
-            down[slot].copy_(wd)
+        """One ``_foreach_copy_`` for all weights: q, k, v (and gate, up) go to row ranges of their buffer."""
+        targets = []
+        for gain1, qkv, o, gain2, gate_up, down in self.layers:
+            q_rows, k_rows = self._q_k_rows
+            targets += [gain1[slot, 0], qkv[slot, :q_rows], qkv[slot, q_rows:q_rows + k_rows],
+                        qkv[slot, q_rows + k_rows:], o[slot], gain2[slot, 0], gate_up[slot, : down.shape[2]],
+                        gate_up[slot, down.shape[2]:], down[slot]]
+        torch._foreach_copy_(targets, [t.detach() for t in params])
+
+    @property
+    def _q_k_rows(self) -> tuple[int, int]:
+        return self.reference_params[1].shape[0], self.reference_params[2].shape[0]
 
 
 _pair_weights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -316,7 +320,7 @@ class _Stack(torch.autograd.Function):
     """The decoder layers as one autograd node; see the module docstring.
 
     forward(dims, tables, layout, outputs (see :func:`_layers_forward`) or None, policy embeddings (R, H) of the
-    layout's tokens, reference embeddings or None, (reference, :func:`pair_weights`) or None, *policy layer
+    layout's tokens, reference embeddings or None, the reference's :func:`pair_weights` or None, *policy layer
     parameters) → the last layer's output of the policy (R or len(outputs), H) and of the reference (the same;
     empty without one). Only the policy's carries a gradient.
     """
@@ -329,8 +333,7 @@ class _Stack(torch.autograd.Function):
             weights = _fuse(params)
             x = x[None]
         else:
-            reference, pair = pair
-            ctx.pair, ctx.owner = pair, pair.fill(params, reference)
+            ctx.owner = pair.fill(params)
             weights = pair.layers
             x = torch.stack([x, x_ref])
         out, saved = _layers_forward(dims, x, cos, sin_fwd, bias, weights, layout, outputs)
@@ -366,7 +369,7 @@ def _last_layer(model, layout: TokenLayout, outputs: Tensor | None, reference):
     x_ref = pair = None
     if reference is not None:
         x_ref = F.embedding(layout.token_ids, reference.model.embed_tokens.weight.detach())
-        pair = (reference, pair_weights(reference))
+        pair = pair_weights(reference)
     out, ref_out = _Stack.apply(dims, tables, layout, outputs, x, x_ref, pair, *layer_parameters(model))
     return out, ref_out if reference is not None else None
 
