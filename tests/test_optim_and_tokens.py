@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from divalign.data.tokens import pad
+from divalign.data.tokens import Ragged, pad
 from divalign.trainers.optim import clip_grad_norm
 
 
@@ -31,3 +31,17 @@ def test_pad_left_and_right():
     assert ids.tolist() == [[5, 6, 7], [8, 9, 9], [9, 9, 9]]
     assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
     assert ids.dtype == mask.dtype == torch.long
+
+
+def test_ragged_rows_pad_like_pad():
+    import random
+
+    rng = random.Random(0)
+    rows = [[rng.randrange(50) for _ in range(rng.randrange(1, 30))] for _ in range(200)]
+    ragged = Ragged(rows)
+    for left in (True, False):
+        for _ in range(20):
+            index = [rng.randrange(len(rows)) for _ in range(rng.randrange(1, 17))]
+            ids, mask = ragged.padded(torch.tensor(index), 99, left=left)
+            expected_ids, expected_mask = pad([rows[i] for i in index], 99, left=left)
+            assert torch.equal(ids, expected_ids) and torch.equal(mask, expected_mask)

@@ -11,6 +11,7 @@ spent in the policy's forward and backward, in the reference, and in the optimiz
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 from divalign import llama_fast, objectives
 from divalign.data.order import EpochOrder
 from divalign.data.preferences import Pair, Unpaired
-from divalign.data.tokens import fit, pad
+from divalign.data.tokens import Ragged, fit
 from divalign.models import SequenceBatch, completion_forward, completion_logprobs, set_training
 from divalign.objectives import PairBatch, UnpairedBatch
 from divalign.objectives.pairs import DPOOptions, FDPOOptions, FPOOptions, IPOOptions
@@ -98,9 +99,15 @@ class Encoded:
     responses: list[list[int]]
     group: int
 
+    @functools.cached_property
+    def _ragged(self) -> tuple[Ragged, Ragged]:
+        return Ragged(self.prompts), Ragged(self.responses)
+
     def batch(self, rows: list[int], pad_id: int) -> SequenceBatch:
-        prompt_ids, prompt_mask = pad([self.prompts[i] for i in rows], pad_id, left=True)
-        ids, mask = pad([self.responses[i] for i in rows], pad_id)
+        prompts, responses = self._ragged
+        index = torch.tensor(rows, dtype=torch.long)
+        prompt_ids, prompt_mask = prompts.padded(index, pad_id, left=True)
+        ids, mask = responses.padded(index, pad_id)
         return SequenceBatch(torch.cat([prompt_ids, ids], 1), torch.cat([prompt_mask, mask], 1), prompt_ids.shape[1])
 
 
