@@ -45,8 +45,7 @@ class _Head(torch.autograd.Function):
     def backward(ctx, d_logp: Tensor, _d_entropy):
         index, tokens, gain, weight, normed, r, scaled, probs = ctx.saved_tensors
         # d log p_y / d logits = onehot(y) − softmax, through the temperature
-        d_logits = probs * -d_logp[:, None]
-        d_logits[torch.arange(len(tokens), device=tokens.device), tokens] += d_logp
+        d_logits = (probs * -d_logp[:, None]).scatter_add_(1, tokens[:, None], d_logp[:, None])
         if ctx.temperature != 1.0:
             d_logits = d_logits / ctx.temperature
         d_logits = d_logits.to(weight.dtype)
