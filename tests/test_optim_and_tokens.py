@@ -24,6 +24,35 @@ def test_clip_grad_norm_matches_torch(scale):
     assert float(total) == pytest.approx(min(norm, 1.0), rel=1e-5)
 
 
+@pytest.mark.parametrize("scale", [1e-3, 10.0])
+def test_optimizer_step_equals_clipping_then_adamw(scale):
+    """Optimization.step folds clipping into the fused AdamW kernel: the parameters after one step must equal
+    torch's clip_grad_norm_ followed by AdamW."""
+    from types import SimpleNamespace
+
+    from divalign.trainers.optim import Optimization
+
+    gen = torch.Generator().manual_seed(0)
+    ours = torch.nn.Linear(6, 5)
+    theirs = torch.nn.Linear(6, 5)
+    theirs.load_state_dict(ours.state_dict())
+    config = SimpleNamespace(learning_rate=1e-2, weight_decay=0.01, lr_schedule="constant", warmup_steps=0,
+                             max_grad_norm=1.0)
+    optimization = Optimization(ours, config, total_steps=10)
+    reference = torch.optim.AdamW(theirs.parameters(), lr=1e-2, weight_decay=0.01)
+    for _ in range(3):
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            a.grad = torch.randn(a.shape, generator=gen) * scale
+            b.grad = a.grad.clone()
+        row = optimization.step()
+        expected_norm = torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+        reference.step()
+        reference.zero_grad()
+        assert row["grad_norm"] == pytest.approx(float(expected_norm), rel=1e-6)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-7)
+
+
 def test_pad_left_and_right():
     ids, mask = pad([[5, 6, 7], [8]], pad_id=0, left=True)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]

@@ -53,20 +53,26 @@ def make_schedule(optimizer, kind: str, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def clip_factor(params: list[torch.Tensor], max_norm: float) -> tuple[float, torch.Tensor | None]:
+    """The global L2 norm of the gradients, and the factor that clipping multiplies them by (max_norm / (norm +
+    1e-6), as ``torch.nn.utils.clip_grad_norm_``), or None when that factor is capped at exactly 1."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0, None
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    factor = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    return float(norm), factor if float(factor) < 1.0 else None
+
+
 def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> float:
     """Scale the gradients in place so that their global L2 norm is at most ``max_norm``; return the norm before.
 
-    The same factor as ``torch.nn.utils.clip_grad_norm_`` (max_norm / (norm + 1e-6), capped at 1), but the
-    multiplication, a pass over every gradient, is skipped when the factor is exactly 1 (the common case).
-    """
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    factor = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    if float(factor) < 1.0:
-        torch._foreach_mul_(grads, factor)
-    return float(norm)
+    The same factor as ``torch.nn.utils.clip_grad_norm_``, but the multiplication, a pass over every gradient, is
+    skipped when the factor is exactly 1 (the common case)."""
+    norm, factor = clip_factor(params, max_norm)
+    if factor is not None:
+        torch._foreach_mul_([p.grad for p in params if p.grad is not None], factor)
+    return norm
 
 
 class Optimization:
@@ -86,9 +92,16 @@ class Optimization:
         self.max_grad_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
 
     def step(self) -> dict[str, float]:
-        grad_norm = clip_grad_norm(self.params, self.max_grad_norm)
+        grad_norm, factor = clip_factor(self.params, self.max_grad_norm)
+        if factor is not None and self.optimizer.defaults.get("fused"):
+            # the fused kernel divides each gradient by grad_scale as it reads it (the hook torch's GradScaler
+            # uses), so clipping costs no pass of its own
+            self.optimizer.grad_scale = 1.0 / factor
+        elif factor is not None:
+            torch._foreach_mul_([p.grad for p in self.params if p.grad is not None], factor)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
+        self.optimizer.grad_scale = None
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"grad_norm": grad_norm, "lr": lr}
