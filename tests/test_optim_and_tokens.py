@@ -2,19 +2,23 @@ import pytest
 import torch
 
 from divalign.data.tokens import Ragged, pad
-from divalign.trainers.optim import clip_grad_norm
+from divalign.trainers.optim import clip_factor
 
 
 @pytest.mark.parametrize("scale", [1e-3, 10.0])
-def test_clip_grad_norm_matches_torch(scale):
-    """Same norm and same clipped gradients as torch.nn.utils.clip_grad_norm_, below and above the threshold."""
+def test_clip_factor_matches_torch(scale):
+    """Same norm and, with the factor applied, the same clipped gradients as torch.nn.utils.clip_grad_norm_,
+    below and above the threshold (no factor below it)."""
     gen = torch.Generator().manual_seed(0)
     ours = [torch.zeros(shape, requires_grad=True) for shape in [(7, 5), (3,), (4, 4)]]
     theirs = [torch.zeros_like(p, requires_grad=True) for p in ours]
     for a, b in zip(ours, theirs):
         a.grad = torch.randn(a.shape, generator=gen) * scale
         b.grad = a.grad.clone()
-    norm = clip_grad_norm(ours, 1.0)
+    norm, factor = clip_factor(ours, 1.0)
+    assert (factor is None) == (scale < 1.0)
+    if factor is not None:
+        torch._foreach_mul_([p.grad for p in ours], factor)
     expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
     assert norm == pytest.approx(float(expected), rel=1e-6)
     assert (norm > 1.0) == (scale > 1.0)

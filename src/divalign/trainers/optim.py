@@ -64,17 +64,6 @@ def clip_factor(params: list[torch.Tensor], max_norm: float) -> tuple[float, tor
     return float(norm), factor if float(factor) < 1.0 else None
 
 
-def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> float:
-    """Scale the gradients in place so that their global L2 norm is at most ``max_norm``; return the norm before.
-
-    The same factor as ``torch.nn.utils.clip_grad_norm_``, but the multiplication, a pass over every gradient, is
-    skipped when the factor is exactly 1 (the common case)."""
-    norm, factor = clip_factor(params, max_norm)
-    if factor is not None:
-        torch._foreach_mul_([p.grad for p in params if p.grad is not None], factor)
-    return norm
-
-
 class Optimization:
     """What every trainer does after its backward passes: clip the gradient norm, AdamW step, schedule step.
 
