@@ -17,6 +17,7 @@ from torch import Tensor
 
 from divalign import llama_fast, llama_train
 from divalign.errors import UserError
+from divalign.token_logprobs import logprobs_from_logits
 
 
 def _config_dict(path: Path) -> dict:
@@ -347,23 +348,6 @@ def segment_logprobs(model, input_ids: Tensor, segment_ids: Tensor, fast: bool =
     valid = (segment_ids[:, 1:] == segment_ids[:, :-1]) & real[:, 1:]
     logp, _ = logprobs_from_logits(logits[:, :-1].float(), targets, valid)
     return logp
-
-
-def logprobs_from_logits(
-    logits: Tensor, tokens: Tensor, mask: Tensor, with_entropy: bool = False
-) -> tuple[Tensor, Tensor | None]:
-    """log-softmax gathered at ``tokens`` without materialising the full log-softmax; 0 where ``mask`` is 0."""
-    log_z = torch.logsumexp(logits, dim=-1)
-    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    valid = mask.bool()
-    logp = torch.where(valid, picked - log_z, torch.zeros_like(log_z))
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            p = torch.exp(logits - log_z.unsqueeze(-1))
-            ent = log_z - (p * logits).sum(-1)
-            entropy = torch.where(valid, ent, torch.zeros_like(ent))
-    return logp, entropy
 
 
 def param_count(model) -> int:

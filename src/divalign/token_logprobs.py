@@ -1,4 +1,6 @@
-"""The final norm, the output head and the log-probabilities of the chosen tokens as one autograd node.
+"""Log-probabilities of chosen tokens, one implementation (:func:`log_softmax_at`) for every path: from logits
+(:func:`logprobs_from_logits`), and from last hidden states with the final norm and the output head as one
+autograd node.
 
 A training step needs log π(y_t | ·) of the completion tokens only. :class:`_Head` computes them from the last
 hidden states, for the real completion tokens only, in one node whose backward is written out: the
@@ -13,6 +15,34 @@ from torch import Tensor
 
 from divalign import rmsnorm
 from divalign.rmsnorm import normalize
+
+
+def log_softmax_at(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """log softmax(logits) at ``tokens`` without materialising the whole log-softmax, and the log-normaliser."""
+    log_z = torch.logsumexp(logits, dim=-1)
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - log_z, log_z
+
+
+def entropy_of(logits: Tensor, log_z: Tensor, probs: Tensor | None = None) -> Tensor:
+    """Entropy of softmax(logits), without gradient, given its log-normaliser (and its probabilities if at hand)."""
+    with torch.no_grad():
+        if probs is None:
+            probs = torch.exp(logits - log_z.unsqueeze(-1))
+        return log_z - (probs * logits).sum(-1)
+
+
+def logprobs_from_logits(
+    logits: Tensor, tokens: Tensor, mask: Tensor, with_entropy: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`log_softmax_at` (and the entropy when asked), 0 where ``mask`` is 0."""
+    logp, log_z = log_softmax_at(logits, tokens)
+    valid = mask.bool()
+    logp = torch.where(valid, logp, torch.zeros_like(logp))
+    entropy = None
+    if with_entropy:
+        ent = entropy_of(logits, log_z)
+        entropy = torch.where(valid, ent, torch.zeros_like(ent))
+    return logp, entropy
 
 
 def _logits(hidden: Tensor, gain: Tensor, weight: Tensor, eps: float, temperature: float):
@@ -32,10 +62,9 @@ class _Head(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, index, tokens, gain, weight, eps, temperature, with_entropy):
         normed, r, scaled, logits = _logits(hidden.index_select(0, index), gain, weight, eps, temperature)
-        log_z = torch.logsumexp(logits, dim=-1)
-        probs = torch.exp(logits - log_z[:, None])
-        logp = logits.gather(1, tokens[:, None]).squeeze(1) - log_z
-        entropy = log_z - (probs * logits).sum(-1) if with_entropy else logp.new_empty(0)
+        logp, log_z = log_softmax_at(logits, tokens)
+        probs = torch.exp(logits - log_z[:, None])  # kept for the backward
+        entropy = entropy_of(logits, log_z, probs) if with_entropy else logp.new_empty(0)
         ctx.save_for_backward(index, tokens, gain, weight, normed, r, scaled, probs)
         ctx.rows, ctx.temperature = hidden.shape[0], temperature
         ctx.mark_non_differentiable(entropy)
@@ -62,11 +91,7 @@ def token_logprobs(hidden: Tensor, index: Tensor, tokens: Tensor, gain: Tensor, 
     if not torch.is_grad_enabled() or not (hidden.requires_grad or weight.requires_grad or gain.requires_grad):
         with torch.no_grad():
             _, _, _, logits = _logits(hidden.index_select(0, index), gain, weight, eps, temperature)
-            log_z = torch.logsumexp(logits, dim=-1)
-            logp = logits.gather(1, tokens[:, None]).squeeze(1) - log_z
-            entropy = None
-            if with_entropy:
-                entropy = log_z - (torch.exp(logits - log_z[:, None]) * logits).sum(-1)
-            return logp, entropy
+            logp, log_z = log_softmax_at(logits, tokens)
+            return logp, entropy_of(logits, log_z) if with_entropy else None
     logp, entropy = _Head.apply(hidden, index, tokens, gain, weight, eps, temperature, with_entropy)
     return logp, entropy if with_entropy else None
