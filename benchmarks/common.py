@@ -29,8 +29,9 @@ def apply_process_options(args) -> dict:
 
 def add_share_prompt_option(parser) -> None:
     parser.add_argument("--share-prompt", choices=("auto", "always", "never"), default="auto",
-                        help="divalign runs each group's prompt once where models.prompt_sharing_pays says it pays "
-                             "(auto), always or never")
+                        help="where running each group's prompt once costs a pass of its own (the compiled "
+                             "forward, scoring without gradient): where models.prompt_sharing_pays says it pays "
+                             "(auto), always or never; the default training pass always shares")
 
 
 def apply_share_prompt_option(args) -> None:

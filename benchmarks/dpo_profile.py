@@ -62,6 +62,7 @@ def main() -> None:
     from divalign.config import build
     from divalign.data.preferences import Pair
     from divalign.models import frozen_copy, load_causal_lm
+    from divalign.token_layout import token_layout
     from divalign.trainers.preference import PreferenceConfig, PreferenceTrainer
 
     folder = speed_model(tempfile.mkdtemp(prefix="dpo-profile-"))
@@ -85,10 +86,14 @@ def main() -> None:
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     qkv = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * head_dim
     batch = trainer.data.batch(trainer._rows(trainer._units(0)), tokenizer.pad_token_id)
-    shared = models.prompt_sharing_pays(policy, batch, 2)
-    n_rows, width = batch.input_ids.shape
-    completions = n_rows * (width - batch.prompt_length - 1)
-    tokens = n_rows // 2 * batch.prompt_length + completions if shared else n_rows * width
+    if args.compile:  # the compiled autograd forward: padded rows, the prompt in a pass of its own if it pays
+        shared = models.prompt_sharing_pays(policy, batch, 2)
+        n_rows, width = batch.input_ids.shape
+        completions = n_rows * (width - batch.prompt_length - 1)
+        tokens = n_rows // 2 * batch.prompt_length + completions if shared else n_rows * width
+    else:  # the written-out pass: real tokens only, each pair's prompt once
+        shared = True
+        tokens = len(token_layout(batch.input_ids, batch.attention_mask, batch.prompt_length, 2).token_ids)
     h, i = cfg.hidden_size, cfg.intermediate_size
     per_token = h * qkv + cfg.num_attention_heads * head_dim * h + 2 * h * i + i * h
     passes = 3 + (0 if args.precompute else 1)  # forward, backward (two products each), reference
