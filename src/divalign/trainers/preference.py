@@ -2,11 +2,11 @@
 desirable/undesirable responses (FDO with its KLDO/BCO/HDO presets, KTO).
 
 One step: take the step's pairs (or examples) in a seeded order, run the policy once over all their completions
-(a pair's two completions share one prompt pass where that pays, see ``models.prompt_sharing_pays``), sum token
-log-probabilities per completion, read the reference log-probabilities (computed once for the whole dataset
-before training, or live), apply the objective, backward, clip, step. Unpaired objectives keep a small running
-state (KLDO's average, BCO's shift) that is saved with each checkpoint. Each step's row also gives the seconds
-spent in the policy's forward and backward, in the reference, and in the optimizer step.
+(a pair's prompt runs once for both, see ``models.completion_forward``), sum token log-probabilities per
+completion, take the reference log-probabilities (computed once for the whole dataset before training, or live
+in the policy's pass), apply the objective, backward, clip, step. Unpaired objectives keep a small running state
+(KLDO's average, BCO's shift) that is saved with each checkpoint. Each step's row also gives the seconds spent in
+the forward and backward (a live reference included) and in the optimizer step.
 """
 
 from __future__ import annotations
