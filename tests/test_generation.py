@@ -38,6 +38,28 @@ def test_fast_sampler_is_chosen_for_llama_and_matches_hf_logits(model_and_tok):
         )
 
 
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2), (4, 1), (6, 2)])
+def test_fast_sampler_follows_hf_over_steps_for_every_head_grouping(heads, kv_heads):
+    tok = build_char_tokenizer("0123456789+-=")
+    model = tiny_llama(tok, hidden_size=48, intermediate_size=96, num_layers=2, num_heads=heads,
+                       num_kv_heads=kv_heads)
+    model.eval()
+    from divalign.generation.sampling import left_pad
+
+    padded, mask = left_pad(encode(tok, PROMPTS), tok.pad_token_id)
+    fast, generic = LlamaSampler(model, tok), HFSampler(model, tok)
+    with torch.no_grad():
+        state_f, logits_f = fast.prefill(padded, mask, 6)
+        state_h, logits_h = generic.prefill(padded, mask, 6)
+        state_f, state_h = fast.repeat(state_f, 2), generic.repeat(state_h, 2)
+        logits_f, logits_h = logits_f.repeat_interleave(2, 0), logits_h.repeat_interleave(2, 0)
+        for step in range(5):
+            torch.testing.assert_close(logits_f, logits_h, atol=2e-5, rtol=1e-4)
+            nxt = torch.arange(8) % 10 + step  # different tokens per row
+            logits_f, logits_h = fast.step(state_f, nxt), generic.step(state_h, nxt)
+        torch.testing.assert_close(logits_f, logits_h, atol=2e-5, rtol=1e-4)
+
+
 def test_fast_and_generic_samplers_draw_the_same_tokens(model_and_tok):
     model, tok = model_and_tok
     ids = encode(tok, PROMPTS, repeat=4)

@@ -230,7 +230,7 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
         d_gate_up = dh.new_empty(dh.shape[0], 2 * dh.shape[1])  # written in halves (no concatenation pass)
         torch.ops.aten.silu_backward.grad_input(dh * up, gate, grad_input=d_gate_up[:, : dh.shape[1]])
         torch.mul(dh, act, out=d_gate_up[:, dh.shape[1] :])
-        d_w_gate_up = (a2.t() @ d_gate_up).t()  # the faster layout for this product than d_gate_upᵀ @ a2
+        d_w_gate_up = d_gate_up.t() @ a2  # in the parameters' layout: a transposed gradient costs a copy later
         da2 = d_gate_up @ w_gate_up[0]
         g, d_gain2 = rmsnorm.backward(da2, gain2[0, 0], normed2, r2, residual=g)
         # attention: x2 = x + softmax(q kᵀ/√D + bias) v @ oᵀ

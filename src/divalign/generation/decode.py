@@ -14,6 +14,9 @@ from torch import Tensor
 from divalign.generation.sampling import Rollout, left_pad, sample_next
 from divalign.models import position_ids
 
+#: steps between checks whether every row has ended
+CHECK_EVERY = 4
+
 
 class Sampler:
     """Base class: ``generate`` is the loop; subclasses implement ``prefill`` and ``step``."""
@@ -61,21 +64,29 @@ class Sampler:
             logits = logits.repeat_interleave(num_samples, 0)
             ids, mask = ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0)
         eos = self.eos_ids.to(device)
+        is_eos = torch.zeros(max([logits.shape[-1], *(eos + 1).tolist()]), dtype=torch.bool, device=device)
+        is_eos[eos] = True
         sampled, sampled_logps = [], []
-        finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+        rows = ids.shape[0]
         for t in range(max_new_tokens):
-            tok, lp = sample_next(logits, temperature, generator, greedy)
+            # Rows that finished keep decoding until all have (their tokens are masked below); checking only
+            # every CHECK_EVERY steps saves a synchronisation per token. The uniforms for those steps are drawn
+            # at once: the same numbers, in the same order, as one draw per step.
+            if t % CHECK_EVERY == 0 and not greedy:
+                uniforms = torch.rand((min(CHECK_EVERY, max_new_tokens - t), rows, 1), generator=generator,
+                                      device=device)
+            tok, lp = sample_next(logits, temperature, generator, greedy,
+                                  None if greedy else uniforms[t % CHECK_EVERY])
             sampled.append(tok)
             sampled_logps.append(lp)
-            finished |= torch.isin(tok, eos)
-            # Rows that finished keep decoding until all have (their tokens are masked below); checking only
-            # every few steps saves a synchronisation per token.
-            if t + 1 == max_new_tokens or (t % 4 == 3 and bool(finished.all())):
+            if t + 1 == max_new_tokens or (
+                t % CHECK_EVERY == CHECK_EVERY - 1 and bool(is_eos[torch.stack(sampled)].any(0).all())
+            ):
                 break
             logits = self.step(state, tok)
         tokens = torch.stack(sampled, dim=1)
         # A token is part of the completion if no end-of-sequence token came before it.
-        eos_hits = torch.isin(tokens, eos).long()
+        eos_hits = is_eos[tokens].long()
         live = (eos_hits.cumsum(1) - eos_hits) == 0
         width = int(live.any(0).nonzero().max()) + 1  # drop the steps taken after every row had finished
         tokens, live, sampled_logps = tokens[:, :width], live[:, :width], sampled_logps[:width]
@@ -85,7 +96,7 @@ class Sampler:
             completion_ids=torch.where(live, tokens, self.pad_id),
             completion_mask=live.float(),
             logprobs=torch.where(live, torch.stack(sampled_logps, dim=1), 0.0),
-            truncated=~finished,
+            truncated=eos_hits.sum(1) == 0,
         )
 
 
