@@ -2,17 +2,13 @@
 
 For the small models this library trains on CPU, time goes to per-operation overhead and to how the products
 are laid out, not to arithmetic: ``LlamaForCausalLM`` issues well over a hundred small operations per layer call
-(views included). This module does the same computation with a few dozen, and is used in two ways:
-
-* **scoring, and training with the compiled forward** (:func:`completion_hidden`): autograd flows into the
-  model's own parameters, so the optimizer, checkpoints and saved folders are the Hugging Face ones (eager
-  training goes through :mod:`divalign.llama_train` instead, a written-out backward). Q/K/V and gate/up run as
-  one product each; with groups of completions sharing a prompt, the prompt runs once per group and its keys
-  and values are shared by the group's completions;
-* **decoding** (:class:`Decoder`): an inference-only copy of the weights with the RMSNorm gains and the
-  attention scale folded into the next product, stored transposed and contiguous (``x @ Wᵀ`` with a
-  pre-transposed W runs about twice as fast as ``F.linear`` at these shapes), a preallocated key-value cache
-  with keys stored transposed, and grouped-query attention without repeating keys.
+(views included). This module does the same computation with a few dozen, for **scoring, and training with the
+compiled forward** (:func:`completion_hidden`): autograd flows into the model's own parameters, so the
+optimizer, checkpoints and saved folders are the Hugging Face ones (eager training goes through
+:mod:`divalign.llama_train` instead, a written-out backward; decoding through
+:class:`divalign.generation.llama.LlamaSampler`, over folded copies of the weights). Q/K/V and gate/up run as one
+product each; with groups of completions sharing a prompt, the prompt runs once per group and its keys and values
+are shared by the group's completions.
 
 :func:`supports` lists what it covers; other models use the generic Hugging Face path. Tests check logits,
 log-probabilities and gradients against the Hugging Face forward pass.
@@ -44,10 +40,10 @@ def supports(model) -> bool:
 
 @dataclass
 class Layer:
-    attn_gain: Tensor | None  #: RMSNorm gain before attention (None when folded into wqkv)
+    attn_gain: Tensor  #: RMSNorm gain before attention
     wqkv: Tensor  #: (hidden, (Hq + 2·Hkv)·D): ``x @ wqkv``
     wo: Tensor  #: (Hq·D, hidden)
-    mlp_gain: Tensor | None
+    mlp_gain: Tensor
     w_gate_up: Tensor  #: (hidden, 2·intermediate)
     w_down: Tensor  #: (intermediate, hidden)
 
@@ -55,7 +51,7 @@ class Layer:
 @dataclass
 class Weights:
     embed: Tensor
-    final_gain: Tensor | None
+    final_gain: Tensor
     lm_head: Tensor  #: (hidden, vocab)
     layers: list[Layer]
     hq: int
@@ -65,13 +61,11 @@ class Weights:
     eps: float
     inv_freq: Tensor
     rope_scale: float
-    q_scaled: bool  #: whether 1/√D is folded into the query columns
     padding_idx: int | None  #: the embedding's padding index (its row gets no gradient, as in nn.Embedding)
 
 
 def weights(model) -> Weights:
-    """Differentiable views of the parameters of ``model`` arranged for this module (the decoder keeps folded
-    copies, :class:`Decoder`)."""
+    """Differentiable views of the parameters of ``model`` arranged for this module."""
     cfg = model.config
     m = model.model
     hq, hk = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -101,7 +95,6 @@ def weights(model) -> Weights:
         eps=cfg.rms_norm_eps,
         inv_freq=m.rotary_emb.inv_freq.float(),
         rope_scale=m.rotary_emb.attention_scaling,
-        q_scaled=False,
         padding_idx=m.embed_tokens.padding_idx,
     )
 
@@ -110,7 +103,7 @@ def weights(model) -> Weights:
 
 
 def rms_norm(x: Tensor, gain: Tensor | None, eps: float) -> Tensor:
-    """LlamaRMSNorm: x / √(mean(x²) + ε), times the gain (unless it was folded into the next product)."""
+    """LlamaRMSNorm: x / √(mean(x²) + ε), times the gain (None: a gain folded into the next product)."""
     return F.rms_norm(x, (x.shape[-1],), gain, eps)
 
 
@@ -146,7 +139,7 @@ def project_qkv(w: Weights, layer: Layer, x: Tensor, cos: Tensor, sin: Tensor):
     return q, k, v.unflatten(-1, (w.hk, w.d))
 
 
-# ----------------------------------------------------------------------------- sequences (training, prefill)
+# ----------------------------------------------------------------------------- sequences (training, scoring)
 
 
 def _positions(mask: Tensor, start: Tensor | None = None) -> Tensor:
@@ -198,7 +191,7 @@ def forward_segment(
             k = torch.cat([prefix[i][0], k], dim=2)
             v = torch.cat([prefix[i][1], v], dim=2)
         att = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, enable_gqa=w.hq != w.hk, scale=1.0 if w.q_scaled else None
+            q, k, v, attn_mask=allowed, enable_gqa=w.hq != w.hk
         )
         x = x + att.transpose(1, 2).flatten(2) @ layer.wo
         x = x + mlp(layer, x, w.eps)
@@ -283,123 +276,3 @@ def _completion_hidden(
 
 def logits_of(hidden: Tensor, w: Weights) -> Tensor:
     return hidden @ w.lm_head
-
-
-# ----------------------------------------------------------------------------- decoding
-
-
-class Decoder:
-    """Prefill and one-token steps over folded weights (no autograd). ``refresh`` re-reads the parameters.
-
-    A step costs about 37 tensor operations per layer, views included. The weights are kept transposed and
-    contiguous with the RMSNorm gains and the attention scale folded in, and the rotate-half of RoPE is folded
-    into the QKV product too (its columns are [q k | v | rotate_half(q k)], so RoPE is one ``addcmul``); the
-    residual additions ride on ``addmm`` and the attention bias on ``baddbmm``. ``refresh`` writes all of this
-    into buffers allocated once, one pass per weight.
-    """
-
-    def __init__(self, model):
-        self.model = model
-        with torch.no_grad():
-            w = weights(model)
-        hidden, qkv_cols = w.embed.shape[1], (w.hq + 2 * w.hk) * w.d
-        qk_cols = (w.hq + w.hk) * w.d
-        like = {"dtype": w.embed.dtype, "device": w.embed.device}
-        self._qkv = [torch.empty(hidden, qkv_cols + qk_cols, **like) for _ in w.layers]
-        layers = [
-            Layer(attn_gain=None, wqkv=qkv[:, :qkv_cols], wo=torch.empty(layer.wo.shape, **like), mlp_gain=None,
-                  w_gate_up=torch.empty(layer.w_gate_up.shape, **like), w_down=torch.empty(layer.w_down.shape, **like))
-            for qkv, layer in zip(self._qkv, w.layers)
-        ]
-        self.w = Weights(embed=w.embed.detach(), final_gain=None, lm_head=torch.empty(w.lm_head.shape, **like),
-                         layers=layers, hq=w.hq, hk=w.hk, d=w.d, intermediate=w.intermediate, eps=w.eps,
-                         inv_freq=w.inv_freq, rope_scale=w.rope_scale, q_scaled=True, padding_idx=w.padding_idx)
-        self._rope_len = 0
-        self.refresh()
-
-    @torch.no_grad()
-    def refresh(self) -> None:
-        w, m = self.w, self.model.model
-        qd, kd, half = w.hq * w.d, w.hk * w.d, w.d // 2
-        for layer, qkv, module in zip(w.layers, self._qkv, m.layers):
-            a, mlp = module.self_attn, module.mlp
-            gain = module.input_layernorm.weight[:, None]
-            torch.mul(a.q_proj.weight.t(), gain * w.d**-0.5, out=qkv[:, :qd])
-            torch.mul(a.k_proj.weight.t(), gain, out=qkv[:, qd : qd + kd])
-            torch.mul(a.v_proj.weight.t(), gain, out=qkv[:, qd + kd : qd + 2 * kd])
-            # rotate_half per head, (−x₂, x₁), of the q and k columns
-            source = qkv[:, : qd + kd].unflatten(1, (w.hq + w.hk, 2, half))
-            rotated = qkv[:, qd + 2 * kd :].unflatten(1, (w.hq + w.hk, 2, half))
-            torch.neg(source[:, :, 1], out=rotated[:, :, 0])
-            rotated[:, :, 1].copy_(source[:, :, 0])
-            layer.wo.copy_(a.o_proj.weight.t())
-            gain = module.post_attention_layernorm.weight[:, None]
-            torch.mul(mlp.gate_proj.weight.t(), gain, out=layer.w_gate_up[:, : w.intermediate])
-            torch.mul(mlp.up_proj.weight.t(), gain, out=layer.w_gate_up[:, w.intermediate :])
-            layer.w_down.copy_(mlp.down_proj.weight.t())
-        torch.mul(self.model.lm_head.weight.t(), m.norm.weight[:, None], out=w.lm_head)
-
-    def _rope(self, length: int, device) -> tuple[Tensor, Tensor]:
-        if length > self._rope_len:
-            self._cos, self._sin = rope_tables(self.w, length, device)
-            self._rope_len = length
-        return self._cos, self._sin
-
-    def prefill(self, ids: Tensor, mask: Tensor, max_new_tokens: int) -> tuple[dict, Tensor]:
-        w = self.w
-        n, p = ids.shape
-        total = p + max_new_tokens
-        cos_t, sin_t = self._rope(total + 1, ids.device)
-        hidden, kv = forward_segment(w, ids, mask, cos_t, sin_t)
-        keys_t, values = [], []
-        for k, v in kv:  # keys stored transposed (n, Hkv, D, total) so scores need no copy
-            kt = torch.zeros((n, w.hk, w.d, total), dtype=k.dtype, device=k.device)
-            kt[..., :p] = k.transpose(-1, -2)
-            vc = torch.zeros((n, w.hk, total, w.d), dtype=v.dtype, device=v.device)
-            vc[:, :, :p] = v
-            keys_t.append(kt)
-            values.append(vc)
-        # Additive attention bias over cache slots: 0 where a real key sits, -inf for padding and empty slots.
-        key_bias = torch.full((n, 1, total), float("-inf"), dtype=w.embed.dtype, device=ids.device)
-        key_bias[:, 0, :p].masked_fill_(mask.bool(), 0.0)
-        heads = w.hq + w.hk
-        state = {
-            "keys_t": keys_t,
-            "values": values,
-            "key_bias": key_bias,
-            "cur": p,
-            "pos": mask.sum(-1),
-            "cos": cos_t.repeat(1, heads),
-            "sin": sin_t.repeat(1, heads),
-        }
-        return state, rms_norm(hidden[:, -1], None, w.eps) @ w.lm_head
-
-    def repeat(self, state: dict, times: int) -> dict:
-        for key in ("keys_t", "values"):
-            state[key] = [t.repeat_interleave(times, 0) for t in state[key]]
-        for key in ("key_bias", "pos"):
-            state[key] = state[key].repeat_interleave(times, 0)
-        return state
-
-    def step(self, state: dict, tokens: Tensor) -> Tensor:
-        w = self.w
-        n, cur, pos = tokens.shape[0], state["cur"], state["pos"]
-        length, rep = cur + 1, w.hq // w.hk
-        qk, qd = (w.hq + w.hk) * w.d, w.hq * w.d
-        cos, sin = state["cos"][pos], state["sin"][pos]  # (n, (Hq + Hkv)·D)
-        state["key_bias"][:, :, cur] = 0.0
-        bias = state["key_bias"][:, :, :length].repeat_interleave(w.hk, 0)  # (n·Hkv, 1, L)
-        x = F.embedding(tokens, w.embed)
-        for layer, wqkv, kt, vc in zip(w.layers, self._qkv, state["keys_t"], state["values"]):
-            h = rms_norm(x, None, w.eps) @ wqkv  # [q k | v | rotate_half(q k)]
-            rotated = torch.addcmul(h[:, :qk] * cos, h[:, -qk:], sin)
-            kt[..., cur] = rotated[:, qd:].view(n, w.hk, w.d)
-            vc[:, :, cur] = h[:, qk : qk + w.hk * w.d].view(n, w.hk, w.d)
-            q = rotated[:, :qd].reshape(n * w.hk, rep, w.d)
-            scores = torch.baddbmm(bias, q, kt.view(n * w.hk, w.d, -1)[..., :length])
-            att = torch.bmm(torch.softmax(scores, dim=-1), vc.view(n * w.hk, -1, w.d)[:, :length])
-            x = torch.addmm(x, att.view(n, qd), layer.wo)
-            gate_up = rms_norm(x, None, w.eps) @ layer.w_gate_up
-            x = torch.addmm(x, F.silu(gate_up[:, : w.intermediate]) * gate_up[:, w.intermediate :], layer.w_down)
-        state["cur"], state["pos"] = length, pos + 1
-        return rms_norm(x, None, w.eps) @ w.lm_head

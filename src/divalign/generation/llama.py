@@ -29,6 +29,7 @@ from torch import Tensor
 from divalign import llama_fast
 from divalign.generation.decode import Sampler
 from divalign.llama_fast import causal_mask, rms_norm
+from divalign.models import position_ids
 
 supports = llama_fast.supports
 
@@ -110,7 +111,7 @@ class LlamaSampler(Sampler):
         hk, rep, d = self.hk, self.rep, self.d
         total = p + max_new_tokens
         cos_t, sin_t = self._rope(total + 1, ids.device)
-        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        pos = position_ids(mask)
         cos, sin = cos_t[pos], sin_t[pos]  # (n, p, W)
         allowed = causal_mask(mask)  # (n, p, p)
         bias = torch.zeros(allowed.shape, dtype=cos.dtype, device=ids.device).masked_fill_(~allowed, float("-inf"))
