@@ -100,17 +100,19 @@ def _rope_by_position(model, length: int, dtype: torch.dtype, device, dims: _Dim
     return cached
 
 
-def _tables(model, layout: TokenLayout, dtype: torch.dtype, dims: _Dims) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _tables(model, layout: TokenLayout, dtype: torch.dtype, dims: _Dims, models: int = 1
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per token (R, 1, D): cos, the forward sin and the backward sin of RoPE; and the attention bias
-    (rows·Hkv, rep·L, L), 0 where a slot may see a key and −inf elsewhere, its rows the queries of the rep heads
-    that share a key head."""
+    (models·rows·Hkv, rep·L, L), 0 where a slot may see a key and −inf elsewhere, its rows the queries of the rep
+    heads that share a key head, repeated for the ``models`` run stacked."""
     device = layout.token_ids.device
     length = layout.length
     tables = _rope_by_position(model, length, dtype, device, dims)
     cos, sin_fwd, sin_bwd = (t[layout.positions].unsqueeze(1) for t in tables)
     bias = torch.zeros(layout.allowed.shape, dtype=dtype, device=device).masked_fill_(~layout.allowed, float("-inf"))
     rep = dims.hq // dims.hk
-    bias = bias[:, None, None].expand(-1, dims.hk, rep, -1, -1).reshape(layout.rows * dims.hk, rep * length, length)
+    bias = bias[None, :, None, None].expand(models, -1, dims.hk, rep, -1, -1)
+    bias = bias.reshape(models * layout.rows * dims.hk, rep * length, length)
     return cos, sin_fwd, sin_bwd, bias
 
 
@@ -184,7 +186,6 @@ def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: 
     hq, hk, d = dims.hq, dims.hk, dims.d
     qd, kd, rep = hq * d, hk * d, hq // hk
     models = x.shape[0]
-    bias = bias.repeat(models, 1, 1)
     index, length = _attention_index(layout, dims), layout.length
     rows = layout.rows * hk  # model 0's rows of the head-major tensors
     tokens = x.shape[1]
@@ -367,7 +368,7 @@ def _last_layer(model, layout: TokenLayout, outputs: Tensor | None, reference):
     ``outputs`` tokens only, when given)."""
     embed = model.model.embed_tokens
     dims = _Dims.of(model)
-    tables = _tables(model, layout, embed.weight.dtype, dims)
+    tables = _tables(model, layout, embed.weight.dtype, dims, 1 if reference is None else 2)
     x = F.embedding(layout.token_ids, embed.weight, padding_idx=embed.padding_idx)
     x_ref = pair = None
     if reference is not None:

@@ -7,8 +7,9 @@ from torch import Tensor
 
 
 def normalize(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """(x̂, r) with x̂ = x·r, r = 1/√(mean(x²) + ε) per row (LlamaRMSNorm before its gain)."""
-    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    """(x̂, r) with x̂ = x·r, r = 1/√(mean(x²) + ε) per row (LlamaRMSNorm before its gain). The sum of squares
+    is one ``vecdot`` pass; the rest works on one number per row."""
+    r = torch.linalg.vecdot(x, x).unsqueeze(-1).div_(x.shape[-1]).add_(eps).rsqrt_()
     return x * r, r
 
 
