@@ -119,16 +119,25 @@ def _tables(model, layout: TokenLayout, dtype: torch.dtype, dims: _Dims, models:
 # ----------------------------------------------------------------------------- the layer math (pure functions)
 
 
+def _cos_plus_rolled_sin(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """x·cos + roll(x, D/2)·signed_sin over the last axis, the roll read as two halves (no copy of x)."""
+    half = x.shape[-1] // 2
+    out = x * cos
+    out[..., :half].addcmul_(x[..., half:], signed_sin[..., :half])
+    out[..., half:].addcmul_(x[..., :half], signed_sin[..., half:])
+    return out
+
+
 def _rotate(x: Tensor, cos: Tensor, sin_fwd: Tensor) -> Tensor:
     """RoPE on (T, heads, D): x·cos + rotate_half(x)·sin, rotate_half(x) = (−x₂, x₁) written as roll(x)·(−1, 1)
     with the sign in ``sin_fwd``."""
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_fwd)
+    return _cos_plus_rolled_sin(x, cos, sin_fwd)
 
 
 def _unrotate(g: Tensor, cos: Tensor, sin_bwd: Tensor) -> Tensor:
     """The gradient through :func:`_rotate`: g·cos + rotate_halfᵀ(g·sin), rotate_halfᵀ(y) = (y₂, −y₁) =
     roll(y)·(1, −1), with roll(sin) and the sign in ``sin_bwd``."""
-    return torch.addcmul(g * cos, g.roll(g.shape[-1] // 2, -1), sin_bwd)
+    return _cos_plus_rolled_sin(g, cos, sin_bwd)
 
 
 @dataclass

@@ -6,6 +6,7 @@ loop, the stopping rule, the padding and the behaviour log-probabilities live he
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -42,7 +43,6 @@ class Sampler:
         """Repeat every row of the decoding state ``times`` times (consecutively)."""
         raise NotImplementedError
 
-    @torch.no_grad()
     def generate(
         self,
         prompts: list[list[int]],
@@ -54,8 +54,15 @@ class Sampler:
     ) -> Rollout:
         """Complete each prompt ``num_samples`` times; rows of the rollout are grouped by prompt.
 
-        Each prompt is run once and its cache is repeated for its samples.
+        Each prompt is run once and its cache is repeated for its samples. Decoding runs in inference mode (no
+        autograd bookkeeping at all, about a tenth of a small model's decode step on CPU); the rollout comes back
+        as ordinary tensors, which a later backward may save.
         """
+        with torch.inference_mode():
+            rollout = self._generate(prompts, max_new_tokens, temperature, greedy, generator, num_samples)
+        return Rollout(**{f.name: getattr(rollout, f.name).clone() for f in dataclasses.fields(rollout)})
+
+    def _generate(self, prompts, max_new_tokens, temperature, greedy, generator, num_samples) -> Rollout:
         device = next(self.model.parameters()).device
         ids, mask = left_pad(prompts, self.pad_id, device)
         state, logits = self.prefill(ids, mask, max_new_tokens)
