@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from divalign.token_layout import causal_mask, position_ids
+
 
 def supports(model) -> bool:
     """Plain Llama: default RoPE, SiLU MLP, no biases, no tensor-parallel slicing, eager/SDPA attention."""
@@ -142,18 +144,6 @@ def project_qkv(w: Weights, layer: Layer, x: Tensor, cos: Tensor, sin: Tensor):
 # ----------------------------------------------------------------------------- sequences (training, scoring)
 
 
-def _positions(mask: Tensor, start: Tensor | None = None) -> Tensor:
-    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    return pos if start is None else pos + start[:, None]
-
-
-def causal_mask(mask: Tensor) -> Tensor:
-    """(n, L) padding mask → (n, L, L) causal attention mask; a padded query sees itself so no row is empty."""
-    length = mask.shape[1]
-    allowed = torch.ones((length, length), dtype=torch.bool, device=mask.device).tril() & mask.bool()[:, None, :]
-    return allowed | torch.eye(length, dtype=torch.bool, device=mask.device)
-
-
 def forward_segment(
     w: Weights,
     ids: Tensor,
@@ -174,8 +164,9 @@ def forward_segment(
     (packed rows of several sequences).
     """
     n, length = ids.shape
-    pos = _positions(mask, start) if positions is None else positions
-    cos, sin = cos_t[pos].unsqueeze(-2), sin_t[pos].unsqueeze(-2)  # (n, L, 1, D)
+    if positions is None:
+        positions = position_ids(mask) if start is None else position_ids(mask) + start[:, None]
+    cos, sin = cos_t[positions].unsqueeze(-2), sin_t[positions].unsqueeze(-2)  # (n, L, 1, D)
     if allowed is None:
         allowed = causal_mask(mask)
     if prefix is not None:

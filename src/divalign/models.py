@@ -17,6 +17,7 @@ from torch import Tensor
 
 from divalign import llama_fast, llama_train
 from divalign.errors import UserError
+from divalign.token_layout import position_ids
 from divalign.token_logprobs import logprobs_from_logits
 
 
@@ -154,11 +155,6 @@ class SequenceBatch:
 
     def select(self, rows) -> SequenceBatch:
         return SequenceBatch(self.input_ids[rows], self.attention_mask[rows], self.prompt_length)
-
-
-def position_ids(attention_mask: Tensor) -> Tensor:
-    """Positions that skip left padding: the first real token of every row is position 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @dataclass

@@ -45,15 +45,15 @@ def token_layout(input_ids: Tensor, attention_mask: Tensor, prompt_length: int, 
     device = input_ids.device
     if group_size == 1:
         index = _running_index(mask)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[mask]
+        positions = position_ids(mask)[mask]
         output_slot = torch.arange(n * length, device=device)[mask.reshape(-1)]
-        return TokenLayout(input_ids[mask], positions, index.reshape(-1), output_slot, _allowed(mask),
+        return TokenLayout(input_ids[mask], positions, index.reshape(-1), output_slot, causal_mask(mask),
                            index[:, p - 1 : length - 1], n, length)
     prompt_mask, completion_mask = mask[::group_size, :p], mask[:, p:]
     prompt_index = _running_index(prompt_mask)
     real_prompt = int(prompt_mask.sum())
     completion_index = torch.where(completion_mask, _running_index(completion_mask) + real_prompt, 0)
-    prompt_positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+    prompt_positions = position_ids(prompt_mask)
     starts = prompt_mask.sum(-1).repeat_interleave(group_size)
     completion_positions = starts[:, None] + torch.arange(c, device=device)
     token_ids = torch.cat([input_ids[::group_size, :p][prompt_mask], input_ids[:, p:][completion_mask]])
@@ -62,7 +62,7 @@ def token_layout(input_ids: Tensor, attention_mask: Tensor, prompt_length: int, 
     grid = torch.arange(n * length, device=device).view(n, length)
     output_slot = torch.cat([grid[::group_size, :p][prompt_mask], grid[:, p:][completion_mask]])
     predicting = key_map[:, p - 1 : length - 1]
-    return TokenLayout(token_ids, positions, key_map.reshape(-1), output_slot, _allowed(mask), predicting, n, length)
+    return TokenLayout(token_ids, positions, key_map.reshape(-1), output_slot, causal_mask(mask), predicting, n, length)
 
 
 def _running_index(mask: Tensor) -> Tensor:
@@ -71,9 +71,14 @@ def _running_index(mask: Tensor) -> Tensor:
     return torch.where(mask, index, 0)
 
 
-def _allowed(valid: Tensor) -> Tensor:
-    """(rows, L) real keys → (rows, L, L): causal over slots, real keys only, and every slot sees itself (so no
-    row of the softmax is empty)."""
-    length = valid.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
-    return (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=valid.device)
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding: the first real token of every row is position 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def causal_mask(mask: Tensor) -> Tensor:
+    """(rows, L) padding mask → (rows, L, L): causal, real keys only, and every position sees itself (so no row of
+    a softmax is empty, padded ones included)."""
+    length = mask.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+    return (causal & mask.bool()[:, None, :]) | torch.eye(length, dtype=torch.bool, device=mask.device)

@@ -28,8 +28,8 @@ from torch import Tensor
 
 from divalign import llama_fast
 from divalign.generation.decode import Sampler
-from divalign.llama_fast import causal_mask, rms_norm
-from divalign.models import position_ids
+from divalign.llama_fast import rms_norm
+from divalign.token_layout import causal_mask, position_ids
 
 supports = llama_fast.supports
 
