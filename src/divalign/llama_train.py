@@ -305,8 +305,8 @@ class _PairWeights:
     def _write(self, params, slot: int) -> None:
         """One ``_foreach_copy_`` for all weights: q, k, v (and gate, up) go to row ranges of their buffer."""
         targets = []
+        q_rows, k_rows = self._q_k_rows
         for gain1, qkv, o, gain2, gate_up, down in self.layers:
-            q_rows, k_rows = self._q_k_rows
             targets += [gain1[slot, 0], qkv[slot, :q_rows], qkv[slot, q_rows:q_rows + k_rows],
                         qkv[slot, q_rows + k_rows:], o[slot], gain2[slot, 0], gate_up[slot, : down.shape[2]],
                         gate_up[slot, down.shape[2]:], down[slot]]
