@@ -36,6 +36,41 @@ def digits_reward(text: str) -> float:
     return sum(c.isdigit() for c in text) / 16
 
 
+def make_prompts(count: int = 400) -> list[str]:
+    rng = random.Random(0)
+    return [f"{rng.randrange(100)}+{rng.randrange(100)}=" for _ in range(count)]
+
+
+def divalign_trainer(folder: str, prompts: list[str], steps: int, compile: bool = False):
+    """divalign's side of the benchmark: GRPO on ``folder`` with the configuration of the module docstring."""
+    from divalign.config import build
+    from divalign.data.prompts import DatasetPrompts, Example
+    from divalign.models import frozen_copy, load_causal_lm
+    from divalign.rewards import PerSample
+    from divalign.trainers.online import OnlineTrainer, RLConfig
+
+    config = build(
+        RLConfig,
+        {
+            "model": folder,
+            "objective": "grpo",
+            "steps": steps,
+            "prompts_per_step": 4,
+            "num_generations": 8,
+            "max_new_tokens": 16,
+            "temperature": 1.0,
+            "learning_rate": 1e-5,
+            "grpo": {"beta": 0.04},
+            "progress": False,
+            "compile": compile,
+        },
+    )
+    policy, tokenizer = load_causal_lm(folder)
+    source = DatasetPrompts([Example(p, "") for p in prompts], seed=0)
+    return OnlineTrainer(config, policy, tokenizer, source, PerSample(lambda text, answer: digits_reward(text)),
+                         reference=frozen_copy(policy))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
@@ -52,16 +87,9 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from divalign.config import build
-    from divalign.data.prompts import DatasetPrompts, Example
-    from divalign.models import frozen_copy, load_causal_lm
-    from divalign.rewards import PerSample
-    from divalign.trainers.online import OnlineTrainer, RLConfig
-
     workdir = tempfile.mkdtemp(prefix="grpo-speed-")
     folder = speed_model(workdir)
-    rng = random.Random(0)
-    prompts = [f"{rng.randrange(100)}+{rng.randrange(100)}=" for _ in range(400)]
+    prompts = make_prompts()
 
     # --- TRL
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -84,34 +112,7 @@ def main() -> None:
     def trl_reward(prompts, completions, **kwargs):
         return [digits_reward(c) for c in completions]
 
-    # --- divalign
-    da_config = build(
-        RLConfig,
-        {
-            "model": folder,
-            "objective": "grpo",
-            "steps": args.steps,
-            "prompts_per_step": 4,
-            "num_generations": 8,
-            "max_new_tokens": 16,
-            "temperature": 1.0,
-            "learning_rate": 1e-5,
-            "grpo": {"beta": 0.04},
-            "progress": False,
-            "compile": args.compile,
-        },
-    )
-    policy, da_tokenizer = load_causal_lm(folder)
-    source = DatasetPrompts([Example(p, "") for p in prompts], seed=0)
-    trainer = OnlineTrainer(
-        da_config,
-        policy,
-        da_tokenizer,
-        source,
-        PerSample(lambda text, answer: digits_reward(text)),
-        reference=frozen_copy(policy),
-    )
-
+    trainer = divalign_trainer(folder, prompts, args.steps, args.compile)
     timing = Interleaved(trainer.step)
 
     trl_trainer = GRPOTrainer(

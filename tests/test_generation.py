@@ -30,6 +30,7 @@ def test_fast_sampler_is_chosen_for_llama_and_matches_hf_logits(model_and_tok):
     padded, mask = left_pad(ids, tok.pad_token_id)
     with torch.no_grad():
         state_f, logits_f = fast.prefill(padded, mask, 4)
+        assert state_f["first_qkv"] is None  # 4 prompts × 4 steps: fewer than the vocabulary, no per-token table
         state_h, logits_h = HFSampler(model, tok).prefill(padded, mask, 4)
         torch.testing.assert_close(logits_f, logits_h, atol=2e-5, rtol=1e-4)
         nxt = logits_f.argmax(-1)
@@ -50,6 +51,7 @@ def test_fast_sampler_follows_hf_over_steps_for_every_head_grouping(heads, kv_he
     fast, generic = LlamaSampler(model, tok), HFSampler(model, tok)
     with torch.no_grad():
         state_f, logits_f = fast.prefill(padded, mask, 6)
+        assert state_f["first_qkv"] is not None  # 4 prompts × 6 steps: the first layer reads a per-token table
         state_h, logits_h = generic.prefill(padded, mask, 6)
         state_f, state_h = fast.repeat(state_f, 2), generic.repeat(state_h, 2)
         logits_f, logits_h = logits_f.repeat_interleave(2, 0), logits_h.repeat_interleave(2, 0)

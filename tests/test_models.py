@@ -120,12 +120,16 @@ def test_lean_and_shared_prompt_logprobs_equal_the_hf_forward_in_value_and_gradi
         completion_logprobs(model, batch, group_size=3)
 
 
-@pytest.mark.parametrize("kv_heads,group,new_tokens", [(2, 1, 7), (4, 1, 7), (2, 2, 7), (2, 2, 12)])
-def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_heads, group, new_tokens):
+@pytest.mark.parametrize("kv_heads,group,new_tokens,samples",
+                         [(2, 1, 7, 2), (4, 1, 7, 2), (2, 2, 7, 2), (2, 2, 12, 2), (2, 1, 7, 1)])
+def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_heads, group, new_tokens, samples):
     """The written-out backward with the reference stacked in the same pass (llama_train), padding skipped and,
     with groups, each prompt run once: the policy's values and gradients and the reference's values equal
     separate, unshared Hugging Face forwards; the reference gets no gradient. Sequences of 14 columns get empty
-    attention slots up to MIN_SLOTS; those of 19 run as they are."""
+    attention slots up to MIN_SLOTS; those of 19 run as they are. With two samples per prompt the batch repeats
+    its tokens enough for the first layer's norm and QKV product to run once per distinct token; with one it
+    does not."""
+    from divalign import llama_train
     from divalign.charlm import write_tiny_model
     from divalign.generation import make_sampler
     from divalign.models import completion_forward, frozen_copy
@@ -140,11 +144,12 @@ def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_h
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     prompts = [tok(p)["input_ids"] for p in ["12+3=", "1+1=", "45-67="]]
     batch = make_sampler(model, tok).generate(prompts, new_tokens, generator=torch.Generator().manual_seed(0),
-                                              num_samples=2).sequences()
+                                              num_samples=samples).sequences()
     assert not batch.attention_mask.all()  # left-padded prompts and right-padded completions
     layout = token_layout(batch.input_ids, batch.attention_mask, batch.prompt_length, group)
     assert layout.length == max(batch.input_ids.shape[1], MIN_SLOTS)
     assert (batch.input_ids.shape[1] < MIN_SLOTS) == (new_tokens == 7)  # both cases are exercised
+    assert (llama_train._distinct_tokens(layout) is not None) == (samples > 1)  # likewise
     assert layout.predicting.shape == batch.completion_mask.shape
     weights = torch.randn(batch.completion_mask.shape)
 

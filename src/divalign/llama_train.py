@@ -15,6 +15,10 @@ of the model's own parameters, so the optimizer, checkpoints and saved folders s
   elementwise operation one call; the backward runs for the policy only.
 * The last layer runs its attention output, residual and MLP only for the tokens whose output is read (those
   that predict a completion token).
+* The first layer's norm and QKV product depend on the token alone: when a batch repeats its tokens (at most half
+  of them distinct, as with character-level and other small vocabularies), they run once per distinct token and
+  their gradients are summed per distinct token before the weight gradient and the norm's backward
+  (:class:`_DistinctTokens`).
 * The final norm, the output head and the log-probabilities are one more node (:mod:`divalign.token_logprobs`).
 
 Used for the gradient pass of :func:`divalign.models.completion_forward` where :func:`divalign.llama_fast.supports`
@@ -179,6 +183,28 @@ def _build_attention_index(layout: TokenLayout, dims: _Dims) -> _AttentionIndex:
     )
 
 
+@dataclass
+class _DistinctTokens:
+    """The distinct tokens of a layout: ``first`` (U,) where each first occurs, ``inverse`` (R,) which distinct
+    token each token is."""
+
+    first: Tensor
+    inverse: Tensor
+
+
+def _distinct_tokens(layout: TokenLayout) -> _DistinctTokens | None:
+    """The layout's :class:`_DistinctTokens` (built once and kept on the layout) when at most half its tokens are
+    distinct; None otherwise, where gathering would cost more than it saves."""
+    if layout.distinct_tokens is None:
+        ids = layout.token_ids
+        _, inverse = torch.unique(ids, return_inverse=True)
+        first = torch.full((int(inverse.max()) + 1,), len(ids), device=ids.device).scatter_reduce_(
+            0, inverse, torch.arange(len(ids), device=ids.device), "amin")
+        layout.distinct_tokens = _DistinctTokens(first, inverse)
+    distinct = layout.distinct_tokens
+    return distinct if 2 * len(distinct.first) <= len(distinct.inverse) else None
+
+
 def _gather_rows(t: Tensor, index: Tensor, models: int, width: int) -> Tensor:
     """``t`` viewed as (models, rows of ``width``) → the rows at ``index``, (models, len(index), width)."""
     return t.reshape(models, -1, width).index_select(1, index)
@@ -201,9 +227,12 @@ def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: 
     saved = []
     for i, (gain1, w_qkv, w_o, gain2, w_gate_up, w_down) in enumerate(weights):
         kept = outputs if i == len(weights) - 1 else None
-        normed1, r1 = normalize(x, dims.eps)
+        distinct = _distinct_tokens(layout) if i == 0 else None
+        normed1, r1 = normalize(x if distinct is None else x.index_select(1, distinct.first), dims.eps)
         a1 = normed1 * gain1
         qkv = torch.bmm(a1, w_qkv.transpose(1, 2))
+        if distinct is not None:
+            qkv = qkv.index_select(1, distinct.inverse)
         qk = _rotate(qkv[..., : qd + kd].unflatten(-1, (hq + hk, d)), cos, sin_fwd)
         q = _gather_rows(qk, index.query, models, d).view(-1, rep * length, d)
         k = _gather_rows(qk, index.key, models, d).view(-1, length, d)
@@ -219,7 +248,7 @@ def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: 
         h = act * up
         x = torch.baddbmm(x2, h, w_down.transpose(1, 2))
         saved.append((normed1[0], r1[0], a1[0], q[:rows], k[:rows], v[:rows], probs[:rows], att[0], normed2[0],
-                      r2[0], a2[0], gate[0], up[0], act[0], h[0], kept, att_rows))
+                      r2[0], a2[0], gate[0], up[0], act[0], h[0], kept, att_rows, distinct))
     return x, saved
 
 
@@ -232,8 +261,8 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
     index = _attention_index(layout, dims)
     grads = []
     for (gain1, w_qkv, w_o, gain2, w_gate_up, w_down), (normed1, r1, a1, q, k, v, probs, att, normed2, r2, a2, gate,
-                                                         up, act, h, kept, att_rows) in zip(reversed(weights),
-                                                                                            reversed(saved)):
+                                                         up, act, h, kept, att_rows, distinct) in zip(
+                                                             reversed(weights), reversed(saved)):
         # MLP: x3 = x2 + (silu(gate)·up) @ downᵀ
         d_down = g.t() @ h
         dh = g @ w_down[0]
@@ -257,11 +286,17 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
         dv = g.new_zeros(tokens * hk, d).index_add_(0, index.key_grad, dv.view(-1, d))
         d_qk = torch.cat([dq, dk.view(tokens, hk, d)], dim=1)
         d_qkv = torch.cat([_unrotate(d_qk, cos, sin_bwd).flatten(1), dv.view(tokens, hk * d)], -1)
+        if distinct is not None:  # the norm and product ran per distinct token: sum their gradients likewise
+            d_qkv = d_qkv.new_zeros(len(distinct.first), d_qkv.shape[1]).index_add_(0, distinct.inverse, d_qkv)
         d_w_qkv = d_qkv.t() @ a1
         da1 = d_qkv @ w_qkv[0]
         if kept is not None:  # the residual reached only the kept tokens
             g = g.new_zeros(tokens, g.shape[1]).index_copy_(0, kept, g)
-        g, d_gain1 = rmsnorm.backward(da1, gain1[0, 0], normed1, r1, residual=g)
+        if distinct is None:
+            g, d_gain1 = rmsnorm.backward(da1, gain1[0, 0], normed1, r1, residual=g)
+        else:
+            d_x, d_gain1 = rmsnorm.backward(da1, gain1[0, 0], normed1, r1)
+            g = g.index_add_(0, distinct.first, d_x)  # g is this function's own tensor here
         grads.append((d_gain1, d_w_qkv, d_o, d_gain2, d_w_gate_up, d_down))
     return g, grads[::-1]
 

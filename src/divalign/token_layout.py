@@ -40,6 +40,7 @@ class TokenLayout:
     rows: int  #: attention rows (one per sequence)
     length: int  #: slots per row (L = P + C, at least MIN_SLOTS)
     attention_index: object = None  #: the index tables a model derives from this layout, kept for its backward
+    distinct_tokens: object = None  #: which tokens are the same token, likewise derived and kept
 
 
 def token_layout(input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1) -> TokenLayout:
