@@ -197,8 +197,8 @@ def _distinct_tokens(layout: TokenLayout) -> _DistinctTokens | None:
     distinct; None otherwise, where gathering would cost more than it saves."""
     if layout.distinct_tokens is None:
         ids = layout.token_ids
-        _, inverse = torch.unique(ids, return_inverse=True)
-        first = torch.full((int(inverse.max()) + 1,), len(ids), device=ids.device).scatter_reduce_(
+        values, inverse = torch.unique(ids, return_inverse=True)
+        first = torch.full_like(values, len(ids)).scatter_reduce_(
             0, inverse, torch.arange(len(ids), device=ids.device), "amin")
         layout.distinct_tokens = _DistinctTokens(first, inverse)
     distinct = layout.distinct_tokens
