@@ -30,13 +30,13 @@ def test_fast_sampler_is_chosen_for_llama_and_matches_hf_logits(model_and_tok):
     padded, mask = left_pad(ids, tok.pad_token_id)
     with torch.no_grad():
         state_f, logits_f = fast.prefill(padded, mask, 4)
-        assert state_f["first_qkv"] is None  # 4 prompts × 4 steps: fewer than the vocabulary, no per-token table
         state_h, logits_h = HFSampler(model, tok).prefill(padded, mask, 4)
         torch.testing.assert_close(logits_f, logits_h, atol=2e-5, rtol=1e-4)
         nxt = logits_f.argmax(-1)
         torch.testing.assert_close(
             fast.step(state_f, nxt), HFSampler(model, tok).step(state_h, nxt), atol=2e-5, rtol=1e-4
         )
+        assert state_f["first_qkv"] is None  # 4 rows, fewer than the vocabulary: no per-token table
 
 
 @pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2), (4, 1), (6, 2)])
@@ -51,20 +51,22 @@ def test_fast_sampler_follows_hf_over_steps_for_every_head_grouping(heads, kv_he
     fast, generic = LlamaSampler(model, tok), HFSampler(model, tok)
     with torch.no_grad():
         state_f, logits_f = fast.prefill(padded, mask, 6)
-        assert state_f["first_qkv"] is not None  # 4 prompts × 6 steps: the first layer reads a per-token table
         state_h, logits_h = generic.prefill(padded, mask, 6)
-        state_f, state_h = fast.repeat(state_f, 2), generic.repeat(state_h, 2)
-        logits_f, logits_h = logits_f.repeat_interleave(2, 0), logits_h.repeat_interleave(2, 0)
+        state_f, state_h = fast.repeat(state_f, 5), generic.repeat(state_h, 5)
+        logits_f, logits_h = logits_f.repeat_interleave(5, 0), logits_h.repeat_interleave(5, 0)
         for step in range(5):
             torch.testing.assert_close(logits_f, logits_h, atol=2e-5, rtol=1e-4)
-            nxt = torch.arange(8) % 10 + step  # different tokens per row
+            nxt = torch.arange(20) % 10 + step  # different tokens per row
             logits_f, logits_h = fast.step(state_f, nxt), generic.step(state_h, nxt)
         torch.testing.assert_close(logits_f, logits_h, atol=2e-5, rtol=1e-4)
+        assert len(tok) <= 20 and state_f["first_qkv"] is not None  # 20 rows: the first layer read a per-token table
 
 
-def test_fast_and_generic_samplers_draw_the_same_tokens(model_and_tok):
+@pytest.mark.parametrize("repeat", [4, 8])  # 16 rows, and 32: more rows than vocabulary entries (per-token table)
+def test_fast_and_generic_samplers_draw_the_same_tokens(model_and_tok, repeat):
     model, tok = model_and_tok
-    ids = encode(tok, PROMPTS, repeat=4)
+    assert 4 * 4 < len(tok) <= 4 * 8
+    ids = encode(tok, PROMPTS, repeat=repeat)
     a = make_sampler(model, tok).generate(ids, 10, generator=torch.Generator().manual_seed(3))
     b = HFSampler(model, tok).generate(ids, 10, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a.completion_ids, b.completion_ids)

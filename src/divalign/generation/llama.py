@@ -14,9 +14,10 @@ here costs 14 operations per layer (views aside):
   batched product without copying or repeating anything;
 * RoPE tables for every step and the attention bias are laid out at prefill, and the residual additions ride on
   ``addmm``;
-* the first layer's QKV product before RoPE depends on the token alone: when the vocabulary has fewer entries
-  than the prompts times the new tokens (character-level and other small vocabularies), it is computed once per
-  vocabulary entry at prefill and each step reads its rows (no norm and no product in that layer).
+* the first layer's QKV product before RoPE depends on the token alone: when the vocabulary has no more entries
+  than the rows being decoded (character-level and other small vocabularies), it is computed once per
+  vocabulary entry at the first step, at no more cost than that step's own product, and every step reads its
+  rows (no norm and no product in that layer).
 
 ``refresh`` rewrites the folded copies in place after each optimizer step. Tests check logits and sampled tokens
 against the generic sampler on the Hugging Face model.
@@ -136,15 +137,12 @@ class LlamaSampler(Sampler):
             x = torch.addmm(x, att, layer.o)
             gate_up = rms_norm(x, None, self.eps) @ layer.gate_up
             x = torch.addmm(x, F.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :], layer.down)
-        # the first layer's QKV per vocabulary entry, when there are fewer entries than token steps to run
-        first_qkv = (rms_norm(self.embed, None, self.eps) @ self.layers[0].qkv
-                     if self.embed.shape[0] < n * max_new_tokens else None)
         # additive bias over cache slots for the steps: 0 where a real key sits, −inf for padding and empty slots
         key_bias = torch.full((n, hk, 1, total), float("-inf"), dtype=x.dtype, device=ids.device)
         key_bias[..., :p].masked_fill_(mask.bool()[:, None, None], 0.0)
         steps = mask.sum(-1, keepdim=True) + torch.arange(max_new_tokens, device=ids.device)  # positions (n, T)
         state = {"caches": caches, "key_bias": key_bias, "cur": p, "start": p, "cos": cos_t[steps],
-                 "sin": sin_t[steps], "first_qkv": first_qkv}
+                 "sin": sin_t[steps], "first_qkv": None}
         return state, rms_norm(x.view(n, p, -1)[:, -1], None, self.eps) @ self.head
 
     def repeat(self, state: dict, times: int) -> dict:
@@ -161,6 +159,8 @@ class LlamaSampler(Sampler):
         state["key_bias"][..., cur] = 0.0
         bias = state["key_bias"].view(n * hk, 1, -1)[..., :length]
         x = self.embed.index_select(0, tokens)
+        if state["first_qkv"] is None and self.embed.shape[0] <= n:  # the first layer's QKV per vocabulary entry
+            state["first_qkv"] = rms_norm(self.embed, None, self.eps) @ self.layers[0].qkv
         for i, (layer, cache) in enumerate(zip(self.layers, state["caches"])):
             if i == 0 and state["first_qkv"] is not None:
                 h = state["first_qkv"].index_select(0, tokens)
