@@ -120,22 +120,24 @@ def test_lean_and_shared_prompt_logprobs_equal_the_hf_forward_in_value_and_gradi
         completion_logprobs(model, batch, group_size=3)
 
 
-@pytest.mark.parametrize("kv_heads,group,new_tokens,samples",
-                         [(2, 1, 7, 2), (4, 1, 7, 2), (2, 2, 7, 2), (2, 2, 12, 2), (2, 1, 7, 1)])
-def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_heads, group, new_tokens, samples):
+@pytest.mark.parametrize("kv_heads,group,new_tokens,samples,layers",
+                         [(2, 1, 7, 2, 2), (4, 1, 7, 2, 2), (2, 2, 7, 2, 2), (2, 2, 12, 2, 2), (2, 1, 7, 1, 2),
+                          (2, 2, 12, 2, 1)])
+def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_heads, group, new_tokens, samples,
+                                                                   layers):
     """The written-out backward with the reference stacked in the same pass (llama_train), padding skipped and,
     with groups, each prompt run once: the policy's values and gradients and the reference's values equal
     separate, unshared Hugging Face forwards; the reference gets no gradient. Sequences of 14 columns get empty
     attention slots up to MIN_SLOTS; those of 19 run as they are. With two samples per prompt the batch repeats
     its tokens enough for the first layer's norm and QKV product to run once per distinct token; with one it
-    does not."""
+    does not. With one layer, the first is also the last, which runs its MLP only for the predicting tokens."""
     from divalign import llama_train
     from divalign.charlm import write_tiny_model
     from divalign.generation import make_sampler
     from divalign.models import completion_forward, frozen_copy
     from divalign.token_layout import MIN_SLOTS, token_layout
 
-    folder = write_tiny_model(tmp_path / "m", hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+    folder = write_tiny_model(tmp_path / "m", hidden_size=64, intermediate_size=96, num_layers=layers, num_heads=4,
                               num_kv_heads=kv_heads, max_positions=64)
     model, tok = load_causal_lm(folder)
     reference = frozen_copy(model)
