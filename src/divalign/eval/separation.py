@@ -22,7 +22,7 @@ from divalign.generation.sampling import left_pad
 @torch.no_grad()
 def last_token_states(model, tokenizer, prompts: list[str], batch_size: int = 32, max_tokens: int = 256) -> np.ndarray:
     """(N, hidden) final hidden states at each prompt's last token (prompts keep their last ``max_tokens``)."""
-    from divalign.models import position_ids
+    from divalign.token_layout import position_ids
 
     base = getattr(model, "model", None) or model.base_model
     was_training = model.training

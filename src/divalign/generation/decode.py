@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from divalign.generation.sampling import Rollout, left_pad, sample_next
-from divalign.models import position_ids
+from divalign.token_layout import position_ids
 
 #: steps between checks whether every row has ended
 CHECK_EVERY = 4
