@@ -36,9 +36,9 @@ def add_share_prompt_option(parser) -> None:
 
 def apply_share_prompt_option(args) -> None:
     if args.share_prompt != "auto":
-        from divalign import models
+        from divalign.models import forward
 
-        models.PROMPT_SHARING_BREAK_EVEN = 0 if args.share_prompt == "always" else float("inf")
+        forward.PROMPT_SHARING_BREAK_EVEN = 0 if args.share_prompt == "always" else float("inf")
 
 
 def speed_model(workdir: str) -> str:

@@ -62,7 +62,7 @@ def main() -> None:
     from divalign.config import build
     from divalign.data.preferences import Pair
     from divalign.models import frozen_copy, load_causal_lm
-    from divalign.token_layout import token_layout
+    from divalign.models.llama.layout import token_layout
     from divalign.trainers.preference import PreferenceConfig, PreferenceTrainer
 
     folder = speed_model(tempfile.mkdtemp(prefix="dpo-profile-"))

@@ -23,18 +23,19 @@ from common import stories260k
 
 METHODS = [
     ("dpo", {}),
-    ("fdpo", {"divergence": "js"}),
-    ("fdpo", {"divergence": "alpha", "alpha": 0.5}),
+    ("fdpo", {"regularizer": "js"}),
+    ("fdpo", {"regularizer": "alpha", "alpha": 0.5}),
     ("fdo", {"preset": "kldo"}),
     ("fdo", {"preset": "bco"}),
 ]
 
 
 def held_out_gap(model, tokenizer, pairs, max_length: int) -> dict:
-    from divalign.trainers.preference import encode_dataset, reference_logps
+    from divalign.data.encoding import encode_dataset
+    from divalign.trainers.scoring import reference_logps
 
     data = encode_dataset(tokenizer, pairs, max_length, paired=True)
-    logps = reference_logps(model, data, tokenizer.pad_token_id, fast=True)
+    logps = reference_logps(model, data, tokenizer.pad_token_id)
     lengths = torch.tensor([len(r) for r in data.responses], dtype=torch.float)
     per_token = logps / lengths
     return {

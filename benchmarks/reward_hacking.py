@@ -53,8 +53,9 @@ def gold_pairs(start: Path, count: int, seed: int = 0):
 
 def train_proxy(start: Path, pairs, folder: Path, steps: int) -> Path:
     from divalign.config import build
+    from divalign.models import load_reward_model
     from divalign.trainers.loop import run_steps
-    from divalign.trainers.reward_model import RewardModelTrainer, RMConfig, load_reward_model
+    from divalign.trainers.reward_model import RewardModelTrainer, RMConfig
 
     if (folder / "model" / "model.safetensors").exists():
         return folder / "model"

@@ -31,11 +31,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from divalign.commands.preference import split_by_prompt
     from divalign.config import build
+    from divalign.data.builtin import split_by_prompt
     from divalign.data.preferences import read_hh_rlhf
+    from divalign.models import load_reward_model
     from divalign.trainers.loop import run_steps
-    from divalign.trainers.reward_model import RewardModelTrainer, RMConfig, length_baseline_accuracy, load_reward_model
+    from divalign.trainers.reward_model import RewardModelTrainer, RMConfig, length_baseline_accuracy
 
     work = Path(args.work)
     backbone = stories260k(work / "stories260K")

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from divalign.charlm import build_char_tokenizer, tiny_llama
-from divalign.generation import HFSampler, make_sampler, sample_next
-from divalign.generation.llama import LlamaSampler
+from divalign.generation import HFDecoder, Sampler, left_pad, make_sampler, sample_next
 from divalign.models import completion_logprobs, load_causal_lm
+from divalign.models.llama.decoder import LlamaDecoder
 
 PROMPTS = ["12+3=", "1+1=", "45-67=", "9="]
 
@@ -20,21 +20,24 @@ def encode(tok, prompts, repeat=1):
     return [tok(p)["input_ids"] for p in prompts for _ in range(repeat)]
 
 
+def hf_sampler(model, tok):
+    """The generic sampler, whatever the model's forward path."""
+    return Sampler(model, tok, HFDecoder(model))
+
+
 def test_fast_sampler_is_chosen_for_llama_and_matches_hf_logits(model_and_tok):
     model, tok = model_and_tok
-    fast = make_sampler(model, tok)
-    assert isinstance(fast, LlamaSampler)
+    fast = make_sampler(model, tok).decoder
+    assert isinstance(fast, LlamaDecoder)
     ids = encode(tok, PROMPTS)
-    from divalign.generation.sampling import left_pad
-
     padded, mask = left_pad(ids, tok.pad_token_id)
     with torch.no_grad():
         state_f, logits_f = fast.prefill(padded, mask, 4)
-        state_h, logits_h = HFSampler(model, tok).prefill(padded, mask, 4)
+        state_h, logits_h = HFDecoder(model).prefill(padded, mask, 4)
         torch.testing.assert_close(logits_f, logits_h, atol=2e-5, rtol=1e-4)
         nxt = logits_f.argmax(-1)
         torch.testing.assert_close(
-            fast.step(state_f, nxt), HFSampler(model, tok).step(state_h, nxt), atol=2e-5, rtol=1e-4
+            fast.step(state_f, nxt), HFDecoder(model).step(state_h, nxt), atol=2e-5, rtol=1e-4
         )
         assert state_f["first_qkv"] is None  # 4 rows, fewer than the vocabulary: no per-token table
 
@@ -45,10 +48,8 @@ def test_fast_sampler_follows_hf_over_steps_for_every_head_grouping(heads, kv_he
     model = tiny_llama(tok, hidden_size=48, intermediate_size=96, num_layers=2, num_heads=heads,
                        num_kv_heads=kv_heads)
     model.eval()
-    from divalign.generation.sampling import left_pad
-
     padded, mask = left_pad(encode(tok, PROMPTS), tok.pad_token_id)
-    fast, generic = LlamaSampler(model, tok), HFSampler(model, tok)
+    fast, generic = LlamaDecoder(model), HFDecoder(model)
     with torch.no_grad():
         state_f, logits_f = fast.prefill(padded, mask, 6)
         state_h, logits_h = generic.prefill(padded, mask, 6)
@@ -68,7 +69,7 @@ def test_fast_and_generic_samplers_draw_the_same_tokens(model_and_tok, repeat):
     assert 4 * 4 < len(tok) <= 4 * 8
     ids = encode(tok, PROMPTS, repeat=repeat)
     a = make_sampler(model, tok).generate(ids, 10, generator=torch.Generator().manual_seed(3))
-    b = HFSampler(model, tok).generate(ids, 10, generator=torch.Generator().manual_seed(3))
+    b = hf_sampler(model, tok).generate(ids, 10, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a.completion_ids, b.completion_ids)
     assert torch.equal(a.completion_mask, b.completion_mask)
     torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
@@ -90,7 +91,7 @@ def test_completions_stop_at_eos_and_are_padded(tmp_path):
     with torch.no_grad():  # make the model say "a" then end-of-sequence, deterministically
         model.lm_head.weight.zero_()
         model.lm_head.weight[tok.eos_token_id] += 0.0
-    for sampler in (make_sampler(model, tok), HFSampler(model, tok)):
+    for sampler in (make_sampler(model, tok), hf_sampler(model, tok)):
         rollout = sampler.generate(encode(tok, ["ab", "b"]), 6, generator=torch.Generator().manual_seed(0))
         ids, mask = rollout.completion_ids, rollout.completion_mask
         for row in range(ids.shape[0]):
@@ -143,7 +144,7 @@ def test_sampler_sees_new_weights_after_refresh(model_and_tok):
 @pytest.mark.parametrize("fast", [True, False])
 def test_num_samples_groups_rows_and_equals_repeated_prompts(model_and_tok, fast):
     model, tok = model_and_tok
-    sampler = make_sampler(model, tok, fast=fast)
+    sampler = make_sampler(model, tok) if fast else hf_sampler(model, tok)
     grouped = sampler.generate(encode(tok, PROMPTS), 8, generator=torch.Generator().manual_seed(1), num_samples=3)
     repeated = sampler.generate(encode(tok, PROMPTS, repeat=3), 8, generator=torch.Generator().manual_seed(1))
     assert torch.equal(grouped.prompt_ids, repeated.prompt_ids)

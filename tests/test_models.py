@@ -3,9 +3,25 @@ import json
 import pytest
 import torch
 
-from divalign.charlm import build_char_tokenizer, tiny_llama
+from divalign.charlm import build_char_tokenizer, tiny_llama, write_tiny_model
+from divalign.data.tokens import SequenceBatch
 from divalign.errors import UserError
-from divalign.models import SequenceBatch, completion_logprobs, load_causal_lm, position_ids, save_model
+from divalign.generation import HFDecoder, make_sampler
+from divalign.models import (
+    completion_forward,
+    completion_logprobs,
+    configure,
+    frozen_copy,
+    load_causal_lm,
+    param_count,
+    prompt_sharing_pays,
+    runtime_of,
+    save_model,
+)
+from divalign.models.llama import norm, train
+from divalign.models.llama.decoder import LlamaDecoder
+from divalign.models.llama.layout import MIN_SLOTS, token_layout
+from divalign.models.positions import position_ids
 
 
 def test_char_tokenizer_round_trips_through_autotokenizer(tmp_path):
@@ -96,8 +112,6 @@ def test_tied_embeddings_model_loads(tmp_path):
 def test_lean_and_shared_prompt_logprobs_equal_the_hf_forward_in_value_and_gradient(tiny_model_dir):
     """The Hugging Face forward without sharing is the reference; the lean Llama path and prompt sharing (on both
     paths) must give the same log-probabilities and the same parameter gradients."""
-    from divalign.generation import make_sampler
-
     model, tok = load_causal_lm(tiny_model_dir)
     prompts = [tok(p)["input_ids"] for p in ["12+3=", "1+1=", "45-67="]]
     rollout = make_sampler(model, tok).generate(prompts, 7, generator=torch.Generator().manual_seed(0), num_samples=4)
@@ -105,10 +119,10 @@ def test_lean_and_shared_prompt_logprobs_equal_the_hf_forward_in_value_and_gradi
     weights = torch.randn(batch.completion_mask.shape)
     results = {}
     for fast in (False, True):
+        configure(model, fast_path=fast)
         for group in (1, 4):
             model.zero_grad()
-            logp, _ = completion_logprobs(model, batch, temperature=0.8, group_size=group, fast=fast,
-                                          share_prompt=group > 1)
+            logp, _ = completion_logprobs(model, batch, temperature=0.8, group_size=group, share_prompt=group > 1)
             (logp * weights).sum().backward()
             results[fast, group] = (logp.detach(), [p.grad.clone() for p in model.parameters()])
     reference_logp, reference_grads = results[False, 1]
@@ -125,18 +139,12 @@ def test_lean_and_shared_prompt_logprobs_equal_the_hf_forward_in_value_and_gradi
                           (2, 2, 12, 2, 1)])
 def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_heads, group, new_tokens, samples,
                                                                    layers):
-    """The written-out backward with the reference stacked in the same pass (llama_train), padding skipped and,
+    """The written-out backward with the reference stacked in the same pass (models.llama.train), padding skipped and,
     with groups, each prompt run once: the policy's values and gradients and the reference's values equal
     separate, unshared Hugging Face forwards; the reference gets no gradient. Sequences of 14 columns get empty
     attention slots up to MIN_SLOTS; those of 19 run as they are. With two samples per prompt the batch repeats
     its tokens enough for the first layer's norm and QKV product to run once per distinct token; with one it
     does not. With one layer, the first is also the last, which runs its MLP only for the predicting tokens."""
-    from divalign import llama_train
-    from divalign.charlm import write_tiny_model
-    from divalign.generation import make_sampler
-    from divalign.models import completion_forward, frozen_copy
-    from divalign.token_layout import MIN_SLOTS, token_layout
-
     folder = write_tiny_model(tmp_path / "m", hidden_size=64, intermediate_size=96, num_layers=layers, num_heads=4,
                               num_kv_heads=kv_heads, max_positions=64)
     model, tok = load_causal_lm(folder)
@@ -151,16 +159,18 @@ def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_h
     layout = token_layout(batch.input_ids, batch.attention_mask, batch.prompt_length, group)
     assert layout.length == max(batch.input_ids.shape[1], MIN_SLOTS)
     assert (batch.input_ids.shape[1] < MIN_SLOTS) == (new_tokens == 7)  # both cases are exercised
-    assert (llama_train._distinct_tokens(layout) is not None) == (samples > 1)  # likewise
+    assert (train._distinct_tokens(layout) is not None) == (samples > 1)  # likewise
     assert layout.predicting.shape == batch.completion_mask.shape
     weights = torch.randn(batch.completion_mask.shape)
 
-    expected = completion_logprobs(model, batch, temperature=0.8, fast=False)[0]
+    configure(model, fast_path=False)
+    expected = completion_logprobs(model, batch, temperature=0.8)[0]
     (expected * weights).sum().backward()
     expected_grads = [p.grad.clone() for p in model.parameters()]
     with torch.no_grad():
-        expected_ref = completion_logprobs(reference, batch, temperature=0.8, fast=False)[0]
+        expected_ref = completion_logprobs(hf_forward(reference), batch, temperature=0.8)[0]
 
+    configure(model)
     model.zero_grad()
     out = completion_forward(model, batch, temperature=0.8, group_size=group, reference=reference)
     (out.logprobs * weights).sum().backward()
@@ -175,8 +185,6 @@ def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_h
 def test_two_policies_sharing_a_reference_keep_their_own_gradients(tiny_model_dir):
     """The stacked pass keeps the weights of the policy and its reference in buffers shared per reference; a
     second policy's forward in between must not change the first one's gradients."""
-    from divalign.models import completion_forward, frozen_copy
-
     first, tok = load_causal_lm(tiny_model_dir)
     reference = frozen_copy(first)
     second = frozen_copy(first).requires_grad_(True)
@@ -185,9 +193,11 @@ def test_two_policies_sharing_a_reference_keep_their_own_gradients(tiny_model_di
             p.add_(0.05 * torch.randn(p.shape))
     ids = torch.tensor([tok("12+3=45")["input_ids"], tok("7+8=15")["input_ids"][:1] + tok("7+8=15")["input_ids"]])
     batch = SequenceBatch(ids, torch.ones_like(ids), 4)
-    expected = completion_logprobs(first, batch, fast=False)[0]
+    configure(first, fast_path=False)
+    expected = completion_logprobs(first, batch)[0]
     expected.sum().backward()
     expected_grads = [p.grad.clone() for p in first.parameters()]
+    configure(first)
     first.zero_grad()
 
     out = completion_forward(first, batch, reference=reference)
@@ -200,23 +210,21 @@ def test_two_policies_sharing_a_reference_keep_their_own_gradients(tiny_model_di
 @pytest.mark.slow
 def test_compiled_lean_forward_equals_eager_in_value_and_gradient(tiny_model_dir):
     """``compile: true`` (torch.compile of the lean forward, about a minute on CPU) changes no value or gradient."""
-    from divalign import llama_fast
-    from divalign.generation import make_sampler
-
     model, tok = load_causal_lm(tiny_model_dir)
     prompts = [tok(p)["input_ids"] for p in ["12+3=", "45-67="]]
     batch = make_sampler(model, tok).generate(prompts, 6, generator=torch.Generator().manual_seed(0),
                                               num_samples=4).sequences()
     results = []
     for compiled in (False, True):
-        llama_fast.enable_compile(compiled)
-        try:
-            model.zero_grad()
-            logp, _ = completion_logprobs(model, batch, group_size=4, share_prompt=True)
-            logp.sum().backward()
-            results.append((logp.detach(), [p.grad.clone() for p in model.parameters()]))
-        finally:
-            llama_fast.enable_compile(False)
+        assert runtime_of(model).compiled is False
+        compiled_model = model
+        if compiled:
+            compiled_model = frozen_copy(model).requires_grad_(True)
+            configure(compiled_model, compile=True)
+        compiled_model.zero_grad()
+        logp, _ = completion_logprobs(compiled_model, batch, group_size=4, share_prompt=True)
+        logp.sum().backward()
+        results.append((logp.detach(), [p.grad.clone() for p in compiled_model.parameters()]))
     (eager, eager_grads), (compiled_logp, compiled_grads) = results
     torch.testing.assert_close(compiled_logp, eager, atol=1e-5, rtol=0)
     for g, g_ref in zip(compiled_grads, eager_grads):
@@ -226,8 +234,6 @@ def test_compiled_lean_forward_equals_eager_in_value_and_gradient(tiny_model_dir
 def test_prompt_sharing_pays_only_when_the_saved_prompt_work_outweighs_a_second_pass():
     """The break-even measured on the 0.5M-parameter speed model: a DPO step (8 pairs, 7-token prompts) runs
     unshared, a GRPO step (4 prompts × 8 samples) shares; a 100× larger model shares both."""
-    from divalign.models import param_count, prompt_sharing_pays
-
     tok = build_char_tokenizer("0123456789+-=")
     small = tiny_llama(tok, hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
                        max_positions=64)
@@ -241,3 +247,39 @@ def test_prompt_sharing_pays_only_when_the_saved_prompt_work_outweighs_a_second_
     large = tiny_llama(tok, hidden_size=1024, intermediate_size=4096, num_layers=4, num_heads=8, num_kv_heads=4,
                        max_positions=64)
     assert prompt_sharing_pays(large, batch(16), 2)
+
+
+def hf_forward(model):
+    """A copy of ``model`` that runs its Hugging Face forward."""
+    copy = frozen_copy(model)
+    configure(copy, fast_path=False)
+    return copy
+
+
+def test_the_forward_path_is_decided_once_per_model_and_kept_by_its_copies(tiny_model_dir):
+    """One decision point (models.runtime.configure): loading applies the options, copies keep the decision, the
+    sampler factory and the forward follow it, and a model the kernels do not cover never takes them."""
+    model, tok = load_causal_lm(tiny_model_dir)
+    assert runtime_of(model).lean and not runtime_of(model).compiled
+    assert isinstance(make_sampler(model, tok).decoder, LlamaDecoder)
+    generic, _ = load_causal_lm(tiny_model_dir, fast_path=False)
+    assert not runtime_of(generic).lean and not runtime_of(frozen_copy(generic)).lean
+    assert isinstance(make_sampler(generic, tok).decoder, HFDecoder)
+    biased = tiny_llama(tok, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1)
+    biased.config.attention_bias = True  # outside what the kernels cover
+    assert not configure(biased, fast_path=True, compile=True).lean
+    assert not runtime_of(biased).compiled
+    batch = make_sampler(model, tok).generate([tok("12+3=")["input_ids"]], 5, num_samples=2,
+                                             generator=torch.Generator().manual_seed(0)).sequences()
+    with torch.no_grad():
+        torch.testing.assert_close(completion_forward(generic, batch).logprobs, completion_forward(model, batch).logprobs,
+                                   atol=1e-5, rtol=0)
+
+
+def test_the_rms_norm_of_the_written_out_pass_equals_the_fused_kernel():
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(7, 64), (3, 5, 128)]:
+        x, gain = torch.randn(shape, generator=generator), torch.randn(shape[-1], generator=generator)
+        normed, r = norm.normalize(x, 1e-5)
+        torch.testing.assert_close(normed * gain, norm.rms_norm(x, gain, 1e-5), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(r.squeeze(-1), x.pow(2).mean(-1).add(1e-5).rsqrt(), atol=1e-6, rtol=1e-6)

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from divalign import advantages, objectives
-from divalign.errors import UserError
 from divalign.objectives import make_batch
 
 DIVERGENCES = [
@@ -316,13 +315,27 @@ def test_rloo_advantages_sum_to_zero_per_group():
 
 
 def test_registry_rejects_unknown_names_and_options():
-    with pytest.raises(UserError, match="unknown objective 'ppo2'.*fgrpo, fhal, fpo, grpo"):
+    """The math layer raises ValueError (the command line reports it as the user's mistake: test_config)."""
+    with pytest.raises(ValueError, match="unknown objective 'ppo2'.*fgrpo, fhal, fpo, grpo"):
         objectives.get("ppo2")
-    with pytest.raises(UserError, match="unknown option 'epsilon'"):
+    with pytest.raises(ValueError, match=r"'dpo' \(pairs family\) is not accepted here .*expected one of: dagrpo"):
+        objectives.get("dpo", ("online",))
+    with pytest.raises(ValueError, match="unknown option 'epsilon'"):
         objectives.get("grpo").make_options({"epsilon": 0.2})
-    with pytest.raises(UserError, match="unknown divergence 'bogus'"):
+    with pytest.raises(ValueError, match="unknown divergence 'bogus'"):
         options("fgrpo", divergence="bogus")
-    with pytest.raises(UserError, match="fgrpo.beta must be > 0"):
+    with pytest.raises(ValueError, match="fgrpo.beta must be > 0"):
         options("fgrpo", beta=0.0)
-    with pytest.raises(UserError, match="unknown aggregation"):
+    with pytest.raises(ValueError, match="unknown aggregation"):
         options("grpo", aggregation="mean")
+    with pytest.raises(ValueError, match="unknown advantage estimator 'baseline'.*distinct, gae, group"):
+        advantages.get("baseline")
+
+
+def test_every_online_objective_declares_a_registered_default_estimator_it_can_use():
+    for name in objectives.names(("online",)):
+        opts = objectives.get(name).options()
+        estimator = advantages.get(opts.advantage)
+        assert estimator.usable_with(opts), name
+    assert advantages.get("gae").needs_values and advantages.get("distinct").needs_scores
+    assert not advantages.get("gae").usable_with(options("grpo"))

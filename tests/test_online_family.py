@@ -15,12 +15,11 @@ from divalign.models import frozen_copy, load_causal_lm
 from divalign.objectives import UnpairedBatch, make_batch
 from divalign.rewards import PerSample, get, overlong_penalty
 from divalign.trainers.online import OnlineTrainer, RLConfig
-from divalign.trainers.rollouts import collect
 
 
-def run(name, *batches, **options):
+def run(name, batch, **options):
     obj = objectives.get(name)
-    return obj.loss(*batches, obj.make_options(options))
+    return obj.loss(batch, obj.make_options(options))
 
 
 def test_gae_hand_values():
@@ -109,16 +108,18 @@ def test_fhal_is_fgrpo_at_lambda_0_and_fdo_at_lambda_1():
     pref_logps = torch.tensor([-3.0, -4.0, -2.0], requires_grad=True)
     pref = UnpairedBatch(pref_logps, torch.tensor([-3.5, -3.0, -2.5]), torch.tensor([True, False, False]), 1, 2)
     common = {"divergence": "js", "beta": 0.5}
-    f0, _ = run("fhal", online, pref, mix=0.0, **common)
+    fhal = objectives.get("fhal")
+
+    def fhal_loss(mix):  # the on-policy part plus the off-policy part
+        options = fhal.make_options({"mix": mix, **common})
+        return fhal.loss(online, options)[0] + fhal.preference_loss(pref, options)[0]
+
     fg, _ = run("fgrpo", online, **common)
-    assert f0.item() == pytest.approx(fg.item())
-    f1, _ = run("fhal", online, pref, mix=1.0, **common)
+    assert fhal_loss(0.0).item() == pytest.approx(fg.item())
     fdo = objectives.get("fdo")
     fd, _ = fdo.loss(pref, fdo.make_options({"divergence": "js", "beta": 0.5}), {})
-    assert f1.item() == pytest.approx(fd.item())
-    half, _ = run("fhal", online, pref, mix=0.5, **common)
-    parts = run("fhal", online, None, mix=0.5, **common)[0] + run("fhal", None, pref, mix=0.5, **common)[0]
-    assert half.item() == pytest.approx(parts.item()) == pytest.approx(0.5 * fg.item() + 0.5 * fd.item())
+    assert fhal_loss(1.0).item() == pytest.approx(fd.item())
+    assert fhal_loss(0.5).item() == pytest.approx(0.5 * fg.item() + 0.5 * fd.item())
 
 
 def test_overlong_penalty_and_weighted_rewards(tmp_path, monkeypatch):
@@ -155,7 +156,7 @@ def test_dynamic_sampling_never_keeps_a_group_without_signal(tiny_model_dir):
 
     trainer = make_trainer(tiny_model_dir, "dapo", PerSample(parity))
     for step in range(3):
-        batch = collect(trainer, step)
+        batch = trainer.collector.collect(step)
         spread = batch.rewards.view(-1, 4).max(-1).values - batch.rewards.view(-1, 4).min(-1).values
         assert (spread > 0).all() and batch.num_groups <= 4
         assert batch.stats["groups_sampled"] > batch.stats["groups_kept"] or batch.num_groups == 4
@@ -165,7 +166,7 @@ def test_dynamic_sampling_never_keeps_a_group_without_signal(tiny_model_dir):
 
 def test_dagrpo_adds_reference_solutions_to_failing_groups(tiny_model_dir):
     trainer = make_trainer(tiny_model_dir, "dagrpo", PerSample(lambda c, a: float(c.strip() == a)))
-    batch = collect(trainer, 0)
+    batch = trainer.collector.collect(0)
     assert batch.anchors.sum() == batch.num_groups  # an untrained model fails every group
     anchor_texts = trainer.tokenizer.batch_decode(batch.rollout.completion_ids[batch.anchors],
                                                   skip_special_tokens=True)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from divalign import divergences, objectives
-from divalign.errors import UserError
 from divalign.objectives import PairBatch, UnpairedBatch
 
 CHOSEN = [-3.0, -5.0, -2.5]
@@ -66,7 +65,7 @@ def test_dpo_and_ipo_hand_values():
 
 
 @pytest.mark.parametrize(
-    "divergence,f_prime",
+    "regularizer,f_prime",
     [
         ("reverse_kl", lambda u: math.log(u) + 1),  # f = u ln u
         ("forward_kl", lambda u: -1 / u),  # f = −ln u
@@ -74,17 +73,17 @@ def test_dpo_and_ipo_hand_values():
         ("alpha", lambda u: (u ** (0.3 - 1) - 1) / (0.3 - 1)),
     ],
 )
-def test_fdpo_hand_values(divergence, f_prime):
+def test_fdpo_hand_values(regularizer, f_prime):
     dc, dr = deltas()
     beta = 0.5
     expected = sum(-log_sigmoid(beta * (f_prime(math.exp(a)) - f_prime(math.exp(b)))) for a, b in zip(dc, dr)) / 3
-    loss, _ = run("fdpo", pair_batch(), divergence=divergence, alpha=0.3, beta=beta)
+    loss, _ = run("fdpo", pair_batch(), regularizer=regularizer, alpha=0.3, beta=beta)
     assert loss.item() == pytest.approx(expected, abs=1e-12)
 
 
 def test_fdpo_with_reverse_kl_is_dpo_in_value_and_gradient():
     a, b = pair_batch(True), pair_batch(True)
-    la, _ = run("fdpo", a, divergence="reverse_kl", beta=0.2)
+    la, _ = run("fdpo", a, regularizer="reverse_kl", beta=0.2)
     lb, _ = run("dpo", b, beta=0.2)
     assert la.item() == pytest.approx(lb.item(), abs=1e-12)
     la.backward()
@@ -238,8 +237,8 @@ def test_kto_hand_value_with_and_without_reference_point():
     [
         ("dpo", {}),
         ("ipo", {}),
-        ("fdpo", {"divergence": "js"}),
-        ("fdpo", {"divergence": "forward_kl"}),
+        ("fdpo", {"regularizer": "js"}),
+        ("fdpo", {"regularizer": "forward_kl"}),
         ("fpo", {}),
         ("fpo", {"divergence": "js"}),
     ],
@@ -287,10 +286,10 @@ def test_unpaired_micro_batches_add_up():
 
 
 def test_option_errors():
-    with pytest.raises(UserError, match="fdpo.divergence"):
-        objectives.get("fdpo").make_options({"divergence": "hellinger"})
-    with pytest.raises(UserError, match="fdo.preset"):
+    with pytest.raises(ValueError, match="fdpo.regularizer"):
+        objectives.get("fdpo").make_options({"regularizer": "hellinger"})
+    with pytest.raises(ValueError, match="fdo.preset"):
         objectives.get("fdo").make_options({"preset": "mine"})
-    with pytest.raises(UserError, match="dpo.beta must be > 0"):
+    with pytest.raises(ValueError, match="dpo.beta must be > 0"):
         objectives.get("dpo").make_options({"beta": 0})
     assert divergences.get("alpha", alpha=0.5).name == "alpha"

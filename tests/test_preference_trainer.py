@@ -51,7 +51,7 @@ def trainer_for(model_dir, objective, options=None, **over):
     [
         ("dpo", {}),
         ("ipo", {}),
-        ("fdpo", {"divergence": "js"}),
+        ("fdpo", {"regularizer": "js"}),
         ("fpo", {}),
         ("fdo", {"preset": "kldo"}),
         ("fdo", {"preset": "bco"}),
@@ -154,7 +154,7 @@ def test_preference_cli_bad_input_and_a_real_run(tmp_path, tiny_model_dir):
     cases = [
         (["--data", identical], "pairs.jsonl:2: chosen and rejected are identical"),
         (["--data", unpaired, "--objective", "dpo"], "objective 'dpo' needs pairs"),
-        (["--data", identical, "--objective", "grpo"], "not an offline objective"),
+        (["--data", identical, "--objective", "grpo"], "objective 'grpo' (online family) is not accepted here"),
         (["--data", tmp_path / "none.csv"], "none.csv: file does not exist"),
         (["--data", identical, "--fdo.preset", "mine", "--objective", "fdo"], "fdo.preset"),
     ]
@@ -184,7 +184,7 @@ def test_preference_cli_bad_input_and_a_real_run(tmp_path, tiny_model_dir):
 
 
 def test_pairs_cut_to_length_keep_one_shared_prompt(tiny_model_dir):
-    from divalign.trainers.preference import encode_dataset
+    from divalign.data.encoding import encode_dataset
 
     _, tok = load_causal_lm(tiny_model_dir)
     pairs = [Pair("1234567890+1234567890=", "1", "2" * 30), Pair("12=", "3" * 40, "4")]

@@ -4,9 +4,10 @@ import torch
 from divalign.config import build
 from divalign.data.preferences import Pair
 from divalign.errors import UserError
+from divalign.models import load_reward_model
 from divalign.objectives.reward import BradleyTerryOptions, bradley_terry
 from divalign.rewards import get as get_reward
-from divalign.trainers.reward_model import RewardModelTrainer, RMConfig, length_baseline_accuracy, load_reward_model
+from divalign.trainers.reward_model import RewardModelTrainer, RMConfig, length_baseline_accuracy
 
 
 def pairs(n, seed):

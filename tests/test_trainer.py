@@ -9,7 +9,7 @@ import torch
 from divalign.charlm import build_char_tokenizer
 from divalign.config import build
 from divalign.data.prompts import DatasetPrompts, Example
-from divalign.generation import HFSampler
+from divalign.generation import HFDecoder
 from divalign.models import frozen_copy, load_causal_lm, save_model
 from divalign.rewards import PerSample
 from divalign.trainers.online import OnlineTrainer, RLConfig
@@ -105,7 +105,7 @@ def test_generic_path_trains_a_non_llama_model(tmp_path):
     save_model(GPT2LMHeadModel(config), tok, tmp_path)
     model, tok = load_causal_lm(tmp_path)
     trainer = make_trainer(model, tok, objective="fgrpo")
-    assert isinstance(trainer.sampler, HFSampler)
+    assert isinstance(trainer.sampler.decoder, HFDecoder)
     before = [p.detach().clone() for p in model.parameters()]
     row = trainer.step(0)
     assert math.isfinite(row["loss"]) and row["reward_std"] > 0

@@ -40,7 +40,7 @@ def divalign_loss_and_grad(record):
         name = "fdpo"
         options = {
             "beta": config["beta"],
-            "divergence": F_DIVERGENCE[config["f_divergence_type"]],
+            "regularizer": F_DIVERGENCE[config["f_divergence_type"]],
             "alpha": config.get("f_alpha_divergence_coef", 0.5),
         }
     obj = objectives.get(name)

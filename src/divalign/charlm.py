@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from divalign.models import save_model
+
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 ARITHMETIC_ALPHABET = "0123456789+-=*/() \n"
 
@@ -64,8 +66,6 @@ def tiny_llama(
 
 def write_tiny_model(folder: str | os.PathLike, alphabet: str = ARITHMETIC_ALPHABET, **arch) -> str:
     """Create a tiny randomly initialised Llama with a character tokenizer in ``folder``; return the folder."""
-    from divalign.models import save_model
-
     tokenizer = build_char_tokenizer(alphabet)
     save_model(tiny_llama(tokenizer, **arch), tokenizer, folder)
     return str(folder)

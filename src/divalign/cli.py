@@ -8,79 +8,50 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from divalign import __version__
+from divalign.commands import demo, preference, rl, rm, sft
+from divalign.commands import eval as evaluation
 from divalign.commands.common import CONFIG_FILE
 from divalign.config import add_arguments, from_args
 from divalign.errors import UserError
+from divalign.report import ReportConfig, write_report
+from divalign.trainers.online import RLConfig
+from divalign.trainers.preference import PreferenceConfig
+from divalign.trainers.reward_model import RMConfig
+from divalign.trainers.sft import SFTConfig
 
 
-def _rl(args):
-    from divalign.commands import rl
-    from divalign.trainers.online import RLConfig
-
-    rl.run(_config(RLConfig, args))
+def _report(config: ReportConfig, runs: list[str]) -> None:
+    print(f"wrote {write_report(runs, config)}")
 
 
-def _sft(args):
-    from divalign.commands import sft
-    from divalign.trainers.sft import SFTConfig
-
-    sft.run(_config(SFTConfig, args))
-
-
-def _preference(args):
-    from divalign.commands import preference
-    from divalign.trainers.preference import PreferenceConfig
-
-    preference.run(_config(PreferenceConfig, args))
+@dataclass(frozen=True)
+class Command:
+    config: type
+    run: Callable
+    help: str
 
 
-def _rm(args):
-    from divalign.commands import rm
-    from divalign.trainers.reward_model import RMConfig
-
-    rm.run(_config(RMConfig, args))
-
-
-def _eval(args):
-    from divalign.commands import eval as evaluation
-
-    evaluation.run(_config(evaluation.EvalConfig, args))
-
-
-def _report(args):
-    from divalign.report import ReportConfig, write_report
-
-    path = write_report(args.runs, _config(ReportConfig, args))
-    print(f"wrote {path}")
-
-
-def _demo(args):
-    from divalign.commands import demo
-
-    demo.run(_config(demo.DemoConfig, args))
-
-
-def _config(cls, args):
-    config_path = args.config
-    resume = getattr(args, "resume", False)
-    out = getattr(args, "output_dir", None)
-    if config_path is None and resume and out and (Path(out) / CONFIG_FILE).exists():
-        config_path = str(Path(out) / CONFIG_FILE)  # resume with the run's own settings
-    return from_args(cls, args, config_path)
+COMMANDS = {
+    "demo": Command(demo.DemoConfig, demo.run, "SFT warm-up, then f-GRPO, then evaluation, on a tiny model, on CPU"),
+    "sft": Command(SFTConfig, sft.run, "supervised fine-tuning on prompt/completion or chat data"),
+    "rm": Command(RMConfig, rm.run, "Bradley-Terry reward model on preference pairs"),
+    "preference": Command(PreferenceConfig, preference.run, "offline alignment: DPO, IPO, f-DPO, f-PO on pairs; FDO "
+                          "(KLDO, BCO, HDO), KTO on unpaired data"),
+    "rl": Command(RLConfig, rl.run, "online RL (GRPO family, PPO, RLOO, DaGRPO, f-GRPO, f-HAL) on a model folder"),
+    "eval": Command(evaluation.EvalConfig, evaluation.run, "evaluate a model: task accuracy, reward, KL, perplexity, "
+                    "win rate, safety"),
+    "report": Command(ReportConfig, _report, "one self-contained HTML page comparing run folders"),
+}
+#: Arguments that are not options of a config.
+_NOT_OPTIONS = ("config", "command", "runs")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from divalign.commands.demo import DemoConfig
-    from divalign.commands.eval import EvalConfig
-    from divalign.report import ReportConfig
-    from divalign.trainers.online import RLConfig
-    from divalign.trainers.preference import PreferenceConfig
-    from divalign.trainers.reward_model import RMConfig
-    from divalign.trainers.sft import SFTConfig
-
     parser = argparse.ArgumentParser(
         prog="divalign",
         description="Align causal language models: SFT, reward models, preference and "
@@ -89,38 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"divalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    def command(name, cls, handler, help_text):
-        p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=(command.config.__doc__ or command.help).strip())
         p.add_argument("--config", default=None, metavar="YAML", help="YAML file of options (flags override it)")
-        add_arguments(p, cls)
-        p.set_defaults(handler=handler)
-        return p
-
-    command("demo", DemoConfig, _demo, "SFT warm-up, then f-GRPO, then evaluation, on a tiny model, on CPU")
-    command("sft", SFTConfig, _sft, "supervised fine-tuning on prompt/completion or chat data")
-    command("rm", RMConfig, _rm, "Bradley-Terry reward model on preference pairs")
-    command(
-        "preference",
-        PreferenceConfig,
-        _preference,
-        "offline alignment: DPO, IPO, f-DPO, f-PO on pairs; FDO (KLDO, BCO, HDO), KTO on unpaired data",
-    )
-    command("rl", RLConfig, _rl, "online RL (GRPO, f-GRPO) on a model folder")
-    command("eval", EvalConfig, _eval, "evaluate a model: task accuracy, reward, KL, perplexity, win rate, safety")
-    report = command("report", ReportConfig, _report, "one self-contained HTML page comparing run folders")
-    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by divalign")
+        add_arguments(p, command.config)
+        if name == "report":
+            p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by divalign")
     return parser
+
+
+def _config(cls, args: argparse.Namespace):
+    config_path = args.config
+    out = getattr(args, "output_dir", None)
+    if config_path is None and getattr(args, "resume", False) and out and (Path(out) / CONFIG_FILE).exists():
+        config_path = str(Path(out) / CONFIG_FILE)  # resume with the run's own settings
+    return from_args(cls, args, config_path, skip=_NOT_OPTIONS)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
+    if not args.command:
         parser.print_help()
         return 2
+    command = COMMANDS[args.command]
     try:
-        args.handler(args)
+        config = _config(command.config, args)
+        command.run(config, args.runs) if args.command == "report" else command.run(config)
     except UserError as exc:
         print(f"divalign: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Catalog of f-divergences with their conjugates and the links used by variational estimators.
+"""Catalog of f-divergences with their conjugates and the links used by variational estimators
+(docs/algorithms.md#divergences).
 
 For a convex f with f(1) = 0, D_f(P‖Q) = E_Q[f(dP/dQ)] = sup_T E_P[T] − E_Q[f*(T)] (Nguyen et al. 2010;
 f-GAN, arXiv 1606.00709), with f*(t) = sup_u {t·u − f(u)} and the optimum T* = f'(dP/dQ).
@@ -8,8 +9,8 @@ r = β·log(π_θ/π_ref) and a monotone link g whose image lies in dom f*. Two 
 
 * ``canonical``: g(r) = f'(eʳ), so that the optimal r is the log density ratio. Then
   f*(g(r)) = eʳ·f'(eʳ) − f(eʳ) (Fenchel–Young). Each divergence writes both in a closed form that is stable
-  for any r. The paper's exact definition of "canonical link" is not public; this is candidate (a) of
-  research/algorithms.md §1.2, which reproduces the authors' earlier HDO/BCO trainers exactly.
+  for any r. The paper's exact definition of "canonical link" is not public; this one reproduces the authors'
+  earlier HDO/BCO trainers exactly (docs/algorithms.md#links).
 * ``fgan``: the output activations g_f of the f-GAN paper (Table 2).
 
 Every function takes and returns tensors and works elementwise in any floating dtype.
@@ -24,8 +25,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from divalign.errors import UserError
 
 #: Exponents above this are continued linearly (see :func:`safe_exp`).
 EXP_LIMIT = 30.0
@@ -83,7 +82,7 @@ class Divergence:
 
     name: str = ""
     domain: Interval = REAL_LINE
-    #: Whether both canonical-link loss pieces are bounded below (research/algorithms.md §6.3).
+    #: Whether both canonical-link loss pieces are bounded below (docs/algorithms.md#bounded-and-unbounded).
     bounded_below: bool = False
 
     def f(self, u: Tensor) -> Tensor:
@@ -121,7 +120,7 @@ class Divergence:
             return Link("canonical", self.canonical, self.canonical_conjugate)
         if name == "fgan":
             return Link("fgan", self.fgan, self.fgan_conjugate)
-        raise UserError(f"unknown link '{name}' (expected one of: {', '.join(LINKS)})")
+        raise ValueError(f"unknown link '{name}' (expected one of: {', '.join(LINKS)})")
 
     def __repr__(self) -> str:
         return f"<divergence {self.name}>"
@@ -283,8 +282,8 @@ class TotalVariation(Divergence):
     """Total variation: f(u) = ½|u − 1|, f*(t) = t on [−½, ½].
 
     f'(eʳ) = ½·sign(r) has zero gradient, so the canonical link is replaced by its smooth version
-    g(r) = σ(r) − ½ = ½·tanh(r/2) (research/algorithms.md §1.2, a deviation: the literal canonical link is
-    useless for training). It yields the KTO-shaped loss −E⁺[σ(r)] + E⁻[σ(r)]. f-GAN activation: ½·tanh(v).
+    g(r) = σ(r) − ½ = ½·tanh(r/2) (docs/algorithms.md#links, a deviation: the literal canonical link is useless for
+    training). It yields the KTO-shaped loss −E⁺[σ(r)] + E⁻[σ(r)]. f-GAN activation: ½·tanh(v).
     """
 
     name = "tv"
@@ -329,7 +328,7 @@ class Alpha(Divergence):
     def __init__(self, alpha: float = 0.5):
         alpha = float(alpha)
         if not math.isfinite(alpha) or alpha in (0.0, 1.0):
-            raise UserError(
+            raise ValueError(
                 f"alpha divergence needs alpha not in {{0, 1}} (got {alpha}); use 'reverse_kl' for 0 and 'kl' for 1"
             )
         self.alpha = alpha
@@ -373,8 +372,9 @@ class Alpha(Divergence):
 _CATALOG: dict[str, type[Divergence]] = {
     cls.name: cls for cls in (KL, ReverseKL, Pearson, Hellinger, JensenShannon, TotalVariation, Alpha)
 }
-#: Aliases used by the f-GRPO paper and its code.
-_ALIASES = {"jensen_shannon": "js", "total_variation": "tv", "chi2": "pearson", "forward_kl": "kl"}
+#: Aliases used by the f-GRPO paper and its code. ("forward_kl" is deliberately not one: in f-DPO it names the
+#: regulariser KL(π_ref ‖ π_θ), whose generator is the catalog's reverse_kl; see divalign.objectives.fdpo.)
+_ALIASES = {"jensen_shannon": "js", "total_variation": "tv", "chi2": "pearson"}
 NAMES = tuple(_CATALOG)
 
 
@@ -388,10 +388,10 @@ def get(name: str, **params) -> Divergence:
     ``alpha``); ``alpha`` takes the parameter ``alpha``."""
     key = _ALIASES.get(name, name)
     if key not in _CATALOG:
-        raise UserError(f"unknown divergence '{name}' (expected one of: {', '.join(NAMES)})")
+        raise ValueError(f"unknown divergence '{name}' (expected one of: {', '.join(NAMES)})")
     cls = _CATALOG[key]
     if cls is Alpha:
         return Alpha(**params)
     if params:
-        raise UserError(f"divergence '{name}' takes no parameters (got {', '.join(params)})")
+        raise ValueError(f"divergence '{name}' takes no parameters (got {', '.join(params)})")
     return cls()

@@ -26,15 +26,6 @@ def data_dir() -> Path | None:
     return None
 
 
-def data_file(*parts: str) -> Path | None:
-    """A file under the data folder, or ``None`` when the folder or the file is absent."""
-    root = data_dir()
-    if root is None:
-        return None
-    path = root.joinpath(*parts)
-    return path if path.exists() else None
-
-
 def resolve(spec: str) -> str:
     """``data:REL`` → the data folder's REL; anything else unchanged."""
     if not spec.startswith("data:"):

@@ -1,8 +1,10 @@
-"""Pieces shared by commands: output folders, threads, the run's saved config."""
+"""What every command does before it builds anything: check the output folder, find the checkpoint to resume from,
+set up the process (threads, allocator, seed) — and, for training commands, what they do after."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -10,8 +12,32 @@ import torch
 from divalign.allocator import keep_freed_memory
 from divalign.config import dump_yaml
 from divalign.errors import UserError
+from divalign.trainers.loop import FINAL_MODEL, resume_point, run_steps
 
 CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class Run:
+    """A training run about to start: its folder, and the checkpoint (with the trainer's state) to resume from."""
+
+    folder: Path
+    checkpoint: Path | None
+    state: dict | None
+
+    def model_path(self, start: str) -> str | Path:
+        """The model to load: the checkpoint's when resuming, else ``start``."""
+        return self.checkpoint / FINAL_MODEL if self.checkpoint is not None else start
+
+
+def prepare_run(config) -> Run:
+    """The preamble of every training command, after its inputs are checked and before any model loads: refuse to
+    write over another run, find the checkpoint of ``--resume``, configure the process, seed torch."""
+    folder = check_output_dir(config.output_dir, config.resume)
+    checkpoint, state = resume_point(folder) if config.resume else (None, None)
+    configure_cpu(config.threads)
+    torch.manual_seed(config.seed)
+    return Run(folder, checkpoint, state)
 
 
 def check_output_dir(path: str | os.PathLike, resume: bool) -> Path:
@@ -29,16 +55,14 @@ def create_run_dir(path: Path, config) -> None:
     (path / CONFIG_FILE).write_text(dump_yaml(config))
 
 
-def run_training(trainer, run_dir: str | os.PathLike, config, state: dict | None, total_steps: int,
-                 postfix_keys: tuple[str, ...] | None = None) -> list[dict]:
-    """What every training command does once its inputs are checked: create the run folder with its config,
-    restore a checkpoint's ``state`` (``--resume``), and run the steps with the config's checkpointing."""
-    from divalign.trainers.loop import run_steps
-
-    create_run_dir(Path(run_dir), config)
-    start = trainer.load_state_dict(state) if state is not None else 0
+def run_training(trainer, run: Run, config, total_steps: int, postfix_keys: tuple[str, ...] | None = None
+                 ) -> list[dict]:
+    """What every training command does once its trainer is built: create the run folder with its config,
+    restore the checkpoint's state (``--resume``), and run the steps with the config's checkpointing."""
+    create_run_dir(run.folder, config)
+    start = trainer.load_state_dict(run.state) if run.state is not None else 0
     extra = {"postfix_keys": postfix_keys} if postfix_keys else {}
-    return run_steps(trainer, run_dir, total_steps, start_step=start, save_every=config.save_every,
+    return run_steps(trainer, run.folder, total_steps, start_step=start, save_every=config.save_every,
                      keep_checkpoints=config.keep_checkpoints, show_progress=config.progress,
                      resumed=config.resume, **extra)
 

@@ -20,7 +20,15 @@ from divalign.commands.common import check_output_dir, configure_cpu, create_run
 from divalign.data.prompts import read_prompt_file
 from divalign.data.records import read_records, require_fields
 from divalign.errors import UserError
-from divalign.eval.generations import Decoding, GenerationCache, generate
+from divalign.eval.calibration import answer_confidence, expected_calibration_error, reliability_diagram
+from divalign.eval.generations import Decoding, GenerationCache, generate, render_prompt
+from divalign.eval.metrics import kl_to_reference, length_stats, perplexity, win_rate
+from divalign.eval.passk import evaluate
+from divalign.eval.safety.data import benign_prompts, harmful_requests, jailbreak_templates, labelled_responses
+from divalign.eval.safety.gcg import gcg_attack
+from divalign.eval.safety.judge import train_and_score
+from divalign.eval.safety.suite import run_safety
+from divalign.eval.separation import last_token_states, separation
 from divalign.models import load_causal_lm
 from divalign.tasks.arithmetic import ArithmeticTask
 
@@ -108,8 +116,6 @@ class EvalConfig:
 
 def _texts(path: str, field: str, limit: int) -> list[str]:
     if path == "hh-rlhf:helpful":
-        from divalign.eval.safety.data import benign_prompts
-
         return benign_prompts("helpful-base", limit)
     records = read_records(path)[:limit]
     require_fields(records, {field: str})
@@ -157,8 +163,6 @@ def run(config: EvalConfig) -> dict:
         (out / RESULTS).write_text(json.dumps({**results, "seconds": timings}, indent=2))  # partial results survive
 
     if task_examples:
-        from divalign.eval.passk import evaluate
-
         section("task", lambda: evaluate(model, tokenizer, task_examples, task_reward,
                                          max_new_tokens=config.max_new_tokens, k=config.pass_k, seed=config.seed,
                                          cache=cache, model_id=config.model, batch_size=config.batch_size * 8,
@@ -168,8 +172,6 @@ def run(config: EvalConfig) -> dict:
     if prompts:
         greedy = Decoding(config.max_new_tokens, greedy=True)
         answers = generate(model, tokenizer, prompts, greedy, desc="responses", **common)
-        from divalign.eval.metrics import length_stats
-
         section("lengths", lambda: length_stats([a["tokens"] for a in answers], [a["truncated"] for a in answers]))
         if config.reward:
             scorer = rewards.get(config.reward)
@@ -180,8 +182,6 @@ def run(config: EvalConfig) -> dict:
         if config.model_b:
             section("win_rate", lambda: _win_rate(model, tokenizer, prompts, answers, config, common))
     if perplexity_texts:
-        from divalign.eval.metrics import perplexity
-
         section("perplexity", lambda: perplexity(model, tokenizer, perplexity_texts))
     if config.safety:
         section("safety", lambda: _safety(model, tokenizer, config, common))
@@ -203,8 +203,6 @@ def _task(config: EvalConfig):
 
 
 def _calibration(model, tokenizer, examples, reward_fn, config, out: Path) -> dict:
-    from divalign.eval.calibration import answer_confidence, expected_calibration_error, reliability_diagram
-
     confidences, correct = answer_confidence(model, tokenizer, examples, reward_fn, config.max_new_tokens)
     ece, rows = expected_calibration_error(confidences, correct)
     reliability_diagram(rows, ece, out / "reliability.png", title=Path(config.model).name)
@@ -213,16 +211,12 @@ def _calibration(model, tokenizer, examples, reward_fn, config, out: Path) -> di
 
 
 def _kl(model, tokenizer, prompts, config) -> dict:
-    from divalign.eval.metrics import kl_to_reference
-
     reference, _ = load_causal_lm(config.reference, trust_remote_code=config.trust_remote_code)
     return kl_to_reference(model, reference, tokenizer, prompts, samples_per_prompt=config.kl_samples,
                            max_new_tokens=config.max_new_tokens, seed=config.seed)
 
 
 def _win_rate(model, tokenizer, prompts, answers, config, common) -> dict:
-    from divalign.eval.metrics import win_rate
-
     other, other_tok = load_causal_lm(config.model_b, trust_remote_code=config.trust_remote_code)
     other_answers = generate(other, other_tok, prompts, Decoding(config.max_new_tokens, greedy=True),
                              desc="model_b responses", **{**common, "model_id": config.model_b})
@@ -233,10 +227,6 @@ def _win_rate(model, tokenizer, prompts, answers, config, common) -> dict:
 
 
 def _safety(model, tokenizer, config, common) -> dict:
-    from divalign.eval.safety.data import benign_prompts, harmful_requests, jailbreak_templates, labelled_responses
-    from divalign.eval.safety.judge import train_and_score
-    from divalign.eval.safety.suite import run_safety
-
     judge, judge_scores = train_and_score(labelled_responses(), seed=config.seed)
     families = tuple(filter(None, config.template_families.split(",")))
     templates = jailbreak_templates(families) if config.requests_per_template else []
@@ -249,8 +239,6 @@ def _safety(model, tokenizer, config, common) -> dict:
 
 
 def _gcg(model, tokenizer, config) -> dict:
-    from divalign.eval.safety.gcg import gcg_attack
-
     records = read_records("data:advbench/harmful_behaviors.csv")[: config.gcg]
     attacks = [gcg_attack(model, tokenizer, r.data["goal"], r.data["target"], steps=config.gcg_steps, seed=config.seed)
                for r in records]
@@ -261,10 +249,6 @@ def _gcg(model, tokenizer, config) -> dict:
 
 
 def _separation(model, tokenizer, config) -> dict:
-    from divalign.eval.generations import render_prompt
-    from divalign.eval.safety.data import benign_prompts, harmful_requests
-    from divalign.eval.separation import last_token_states, separation
-
     n = config.separation_prompts
     harmful = [render_prompt(tokenizer, p, config.prompt_format) for p in harmful_requests()[:n]]
     benign = [render_prompt(tokenizer, p, config.prompt_format) for p in benign_prompts("helpful-base", n)]

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import torch
+import functools
 
-from divalign.commands.common import check_output_dir, configure_cpu, non_negative, positive, run_training
-from divalign.commands.preference import BUILTIN, builtin_data, train_and_held_out
-from divalign.data.preferences import read_pairs
+from divalign.commands.common import non_negative, positive, prepare_run, run_training
+from divalign.data.builtin import BUILTIN, builtin_data, train_and_held_out
+from divalign.data.preferences import Pair, read_pairs
 from divalign.errors import UserError
-from divalign.trainers.loop import FINAL_MODEL, resume_point
-from divalign.trainers.reward_model import RewardModelTrainer, RMConfig, load_reward_model
+from divalign.models import load_reward_model
+from divalign.trainers.reward_model import RewardModelTrainer, RMConfig
 
 
-def load_pairs(spec: str, config: RMConfig):
+def load_pairs(spec: str, config: RMConfig) -> list[Pair]:
     if spec in BUILTIN:
         return builtin_data(spec)[0]
     return read_pairs(
@@ -27,13 +27,9 @@ def run(config: RMConfig) -> list[dict]:
         raise UserError(f"no data: give --data FILE or one of {', '.join(BUILTIN)}")
     positive(config, "max_length", "batch_size")
     non_negative(config, "micro_batch_size", "steps")
-    train, held = train_and_held_out(lambda path: load_pairs(path, config), config, "pairs")
-    run_dir = check_output_dir(config.output_dir, config.resume)
-    checkpoint, state = resume_point(run_dir) if config.resume else (None, None)
-    configure_cpu(config.threads)
-    torch.manual_seed(config.seed)
-    model, tokenizer = load_reward_model(
-        checkpoint / FINAL_MODEL if checkpoint else config.model, config.trust_remote_code, config.seed
-    )
+    train, held = train_and_held_out(functools.partial(load_pairs, config=config), config.data, config.eval_data,
+                                     config.eval_fraction, config.seed, "pairs")
+    run = prepare_run(config)
+    model, tokenizer = load_reward_model(run.model_path(config.model), config.trust_remote_code, config.seed)
     trainer = RewardModelTrainer(model, tokenizer, config, train, held or None)
-    return run_training(trainer, run_dir, config, state, trainer.total_steps, ("loss", "accuracy", "eval_accuracy"))
+    return run_training(trainer, run, config, trainer.total_steps, ("loss", "accuracy", "eval_accuracy"))

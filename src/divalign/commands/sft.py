@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
-from divalign.commands.common import check_output_dir, configure_cpu, non_negative, positive, run_training
+from divalign.commands.common import non_negative, positive, prepare_run, run_training
 from divalign.data.sft import read_sft, render
 from divalign.errors import UserError
 from divalign.models import load_causal_lm
-from divalign.trainers.loop import FINAL_MODEL, resume_point
 from divalign.trainers.sft import SFTConfig, SFTTrainer
 
 
@@ -22,14 +19,9 @@ def run(config: SFTConfig) -> list[dict]:
     fields = (config.prompt_field, config.completion_field, config.messages_field)
     items = read_sft(config.data, *fields)
     eval_items = read_sft(config.eval_data, *fields) if config.eval_data else None
-    run_dir = check_output_dir(config.output_dir, config.resume)
-    checkpoint, state = resume_point(run_dir) if config.resume else (None, None)
-    configure_cpu(config.threads)
-    torch.manual_seed(config.seed)
-    model, tokenizer = load_causal_lm(
-        checkpoint / FINAL_MODEL if checkpoint else config.model, trust_remote_code=config.trust_remote_code
-    )
+    run = prepare_run(config)
+    model, tokenizer = load_causal_lm(run.model_path(config.model), trust_remote_code=config.trust_remote_code)
     for item in items[:1] + (eval_items or [])[:1]:
         render(tokenizer, item)  # a chat dataset meeting a tokenizer without a template fails here, before writing
     trainer = SFTTrainer(model, tokenizer, items, config, eval_items)
-    return run_training(trainer, run_dir, config, state, trainer.total_steps, ("loss", "eval_loss"))
+    return run_training(trainer, run, config, trainer.total_steps, ("loss", "eval_loss"))

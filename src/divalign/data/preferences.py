@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from divalign.data.records import read_records, require_fields
 from divalign.errors import UserError
@@ -127,8 +126,9 @@ REFUSALS = (
 def advbench_compliance_refusal(
     path: str | os.PathLike, refusals: tuple[str, ...] = REFUSALS
 ) -> tuple[list[Unpaired], list[Pair]]:
-    """Compliance–refusal data from AdvBench ``harmful_behaviors.csv``: the harmful-prompt half of the CR design
-    of research/algorithms.md §2.3 (AdvBench has no benign prompts; pair it with benign data for the other half).
+    """Compliance–refusal data from AdvBench ``harmful_behaviors.csv``: the harmful-prompt half of the
+    compliance–refusal design (docs/algorithms.md#fdo; AdvBench has no benign prompts, pair it with benign data for
+    the other half).
 
     Each harmful ``goal`` gets a refusal as the desirable response and its affirmative ``target`` ("Sure, here
     is …") as the undesirable one. Returned both unpaired (for FDO, KTO, BCO) and as pairs (for DPO and
@@ -148,7 +148,3 @@ def advbench_compliance_refusal(
 def as_unpaired(pairs: list[Pair]) -> list[Unpaired]:
     """Pairs as unpaired data: chosen replies desirable, rejected ones undesirable."""
     return [u for p in pairs for u in (Unpaired(p.prompt, p.chosen, True), Unpaired(p.prompt, p.rejected, False))]
-
-
-def hh_rlhf_path(root: Path, subset: str = "harmless-base") -> Path:
-    return root / "hh_rlhf" / subset / "test.jsonl.gz"

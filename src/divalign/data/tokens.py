@@ -1,9 +1,28 @@
-"""Token-list helpers: padding rows into a batch, fitting a prompt and response into a length budget."""
+"""Token-list helpers: padding rows into a batch, fitting a prompt and response into a length budget, and the
+batch of prompts followed by completions that forward passes take."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+
+@dataclass
+class SequenceBatch:
+    """Prompts (left-padded) followed by completions (right-padded), ready for one forward pass."""
+
+    input_ids: Tensor  #: (B, P + T)
+    attention_mask: Tensor  #: (B, P + T), 1 on real tokens
+    prompt_length: int  #: P: completions start at this column
+
+    @property
+    def completion_mask(self) -> Tensor:
+        return self.attention_mask[:, self.prompt_length :]
+
+    def select(self, rows) -> SequenceBatch:
+        return SequenceBatch(self.input_ids[rows], self.attention_mask[rows], self.prompt_length)
 
 
 def pad(rows: list[list[int]], pad_id: int, left: bool = False, device="cpu") -> tuple[Tensor, Tensor]:

@@ -1,4 +1,4 @@
-"""How far apart a model represents harmful and benign prompts (research/algorithms.md §2.4, arXiv 2502.00657).
+"""How far apart a model represents harmful and benign prompts (arXiv 2502.00657; docs/algorithms.md#separation).
 
 Representation: the final hidden state (after the last norm) at the last prompt token, for each prompt. Both
 sets are projected together onto their first ``components`` principal components; then
@@ -16,14 +16,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from divalign.generation.sampling import left_pad
+from divalign.generation import left_pad
+from divalign.models.positions import position_ids
 
 
 @torch.no_grad()
 def last_token_states(model, tokenizer, prompts: list[str], batch_size: int = 32, max_tokens: int = 256) -> np.ndarray:
     """(N, hidden) final hidden states at each prompt's last token (prompts keep their last ``max_tokens``)."""
-    from divalign.token_layout import position_ids
-
     base = getattr(model, "model", None) or model.base_model
     was_training = model.training
     model.eval()

@@ -1,15 +1,17 @@
-"""Samplers: one small interface (``generate`` → :class:`Rollout`), a lean path for Llama, a generic path."""
+"""Sampling completions: one loop (:class:`Sampler`) over a decoder per model — the Llama decoder of
+:mod:`divalign.models.llama.decoder` for models on the fast path, the generic Hugging Face one otherwise."""
 
-from divalign.generation import llama
-from divalign.generation.decode import HFSampler, Sampler
-from divalign.generation.sampling import Rollout, left_pad, sample_next
-
-
-def make_sampler(model, tokenizer, fast: bool = True) -> Sampler:
-    """The lean Llama decoder when the model qualifies (and ``fast``), otherwise the generic one."""
-    if fast and llama.supports(model):
-        return llama.LlamaSampler(model, tokenizer)
-    return HFSampler(model, tokenizer)
+from divalign.generation.decode import Decoder, HFDecoder, Sampler
+from divalign.generation.sampling import Rollout, concat_rollouts, left_pad, sample_next
+from divalign.models import runtime_of
+from divalign.models.llama.decoder import LlamaDecoder
 
 
-__all__ = ["HFSampler", "Rollout", "Sampler", "left_pad", "make_sampler", "sample_next"]
+def make_sampler(model, tokenizer) -> Sampler:
+    """A sampler for ``model``, with the Llama decoder when the model runs the fast path
+    (:func:`divalign.models.runtime_of`)."""
+    decoder = LlamaDecoder(model) if runtime_of(model).lean else HFDecoder(model)
+    return Sampler(model, tokenizer, decoder)
+
+
+__all__ = ["Decoder", "HFDecoder", "Rollout", "Sampler", "concat_rollouts", "left_pad", "make_sampler", "sample_next"]

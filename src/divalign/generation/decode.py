@@ -1,29 +1,46 @@
-"""The autoregressive loop shared by all samplers, and the generic sampler for any causal LM.
+"""The autoregressive loop shared by every model, and the generic decoder for any causal LM.
 
-A sampler only has to say how to run the prompt (``prefill``) and how to advance one token (``step``); the
-loop, the stopping rule, the padding and the behaviour log-probabilities live here once.
+A decoder only has to say how to run the prompt (``prefill``), how to advance one token (``step``) and how to
+repeat its state for several samples per prompt (``repeat``); the loop, the stopping rule, the padding and the
+behaviour log-probabilities live here once, in :class:`Sampler`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from divalign.generation.sampling import Rollout, left_pad, sample_next
-from divalign.token_layout import position_ids
+from divalign.models.positions import position_ids
 
 #: steps between checks whether every row has ended
 CHECK_EVERY = 4
 
 
-class Sampler:
-    """Base class: ``generate`` is the loop; subclasses implement ``prefill`` and ``step``."""
+class Decoder(Protocol):
+    """How one model runs during decoding."""
 
-    def __init__(self, model, tokenizer):
-        self.model = model
+    def prefill(self, ids: Tensor, mask: Tensor, max_new_tokens: int) -> tuple[Any, Tensor]:
+        """Run the left-padded prompts; return the decoding state and the logits of the next token."""
+
+    def step(self, state: Any, tokens: Tensor) -> Tensor:
+        """Feed one token per row; return the logits of the next one."""
+
+    def repeat(self, state: Any, times: int) -> Any:
+        """Repeat every row of the decoding state ``times`` times (consecutively)."""
+
+    def refresh(self) -> None:
+        """Called after every optimizer step; decoders that keep copies of the weights re-read them here."""
+
+
+class Sampler:
+    """Samples completions with a :class:`Decoder`; ``generate`` is the loop."""
+
+    def __init__(self, model, tokenizer, decoder: Decoder):
+        self.model, self.decoder = model, decoder
         self.pad_id = tokenizer.pad_token_id
         eos = {tokenizer.eos_token_id}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -31,17 +48,8 @@ class Sampler:
         self.eos_ids = torch.tensor(sorted(e for e in eos if e is not None), dtype=torch.long)
 
     def refresh(self) -> None:
-        """Called after every optimizer step; samplers that cache weights re-read them here."""
-
-    def prefill(self, ids: Tensor, mask: Tensor, max_new_tokens: int) -> tuple[Any, Tensor]:
-        raise NotImplementedError
-
-    def step(self, state: Any, tokens: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def repeat(self, state: Any, times: int) -> Any:
-        """Repeat every row of the decoding state ``times`` times (consecutively)."""
-        raise NotImplementedError
+        """Let the decoder re-read the model's weights (after every optimizer step)."""
+        self.decoder.refresh()
 
     def generate(
         self,
@@ -65,9 +73,9 @@ class Sampler:
     def _generate(self, prompts, max_new_tokens, temperature, greedy, generator, num_samples) -> Rollout:
         device = next(self.model.parameters()).device
         ids, mask = left_pad(prompts, self.pad_id, device)
-        state, logits = self.prefill(ids, mask, max_new_tokens)
+        state, logits = self.decoder.prefill(ids, mask, max_new_tokens)
         if num_samples > 1:
-            state = self.repeat(state, num_samples)
+            state = self.decoder.repeat(state, num_samples)
             logits = logits.repeat_interleave(num_samples, 0)
             ids, mask = ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0)
         eos = self.eos_ids.to(device)
@@ -90,7 +98,7 @@ class Sampler:
                 t % CHECK_EVERY == CHECK_EVERY - 1 and bool(is_eos[torch.stack(sampled)].any(0).all())
             ):
                 break
-            logits = self.step(state, tok)
+            logits = self.decoder.step(state, tok)
         tokens = torch.stack(sampled, dim=1)
         # A token is part of the completion if no end-of-sequence token came before it.
         eos_hits = is_eos[tokens].long()
@@ -107,8 +115,14 @@ class Sampler:
         )
 
 
-class HFSampler(Sampler):
+class HFDecoder:
     """Works with any ``AutoModelForCausalLM`` through its own forward and key-value cache."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def refresh(self) -> None:
+        """Nothing to re-read: the model's own forward runs on its live weights."""
 
     def prefill(self, ids, mask, max_new_tokens):
         pos = position_ids(mask)

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from divalign.data.tokens import pad
-from divalign.models import SequenceBatch
+from divalign.data.tokens import SequenceBatch, pad
 
 
 @dataclass
@@ -37,6 +36,10 @@ class Rollout:
     @property
     def lengths(self) -> Tensor:
         return self.completion_mask.sum(-1)
+
+    def select(self, rows: Tensor) -> Rollout:
+        return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows],
+                       self.completion_mask[rows], self.logprobs[rows], self.truncated[rows])
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device="cpu") -> tuple[Tensor, Tensor]:

@@ -1,4 +1,4 @@
-"""The one place where per-token or per-sequence loss terms become a scalar.
+"""The one place where per-token or per-sequence loss terms become a scalar (docs/algorithms.md#aggregation).
 
 All modes divide by counts of the *whole* accumulated batch (carried by :class:`OnlineBatch`), so summing the
 micro-batch losses gives exactly the whole-batch loss whatever the micro-batch split.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from divalign.errors import UserError
 from divalign.groups import group_sum
 from divalign.objectives.batch import OnlineBatch
 
@@ -23,7 +22,7 @@ MODES = {
 
 def check_mode(mode: str, where: str = "aggregation") -> None:
     if mode not in MODES:
-        raise UserError(f"{where}: unknown aggregation '{mode}' (expected one of: {', '.join(MODES)})")
+        raise ValueError(f"{where}: unknown aggregation '{mode}' (expected one of: {', '.join(MODES)})")
 
 
 def aggregate(per_token: Tensor, batch: OnlineBatch, mode: str) -> Tensor:

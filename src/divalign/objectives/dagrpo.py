@@ -1,7 +1,8 @@
-"""DaGRPO: distinctiveness-aware GRPO (Xie et al., arXiv 2512.06337), rebuilt from its abstract.
+"""DaGRPO: distinctiveness-aware GRPO (Xie et al., arXiv 2512.06337), rebuilt from its abstract
+(docs/algorithms.md#dagrpo).
 
-Only the paper's abstract and summaries were available (research/algorithms.md §4), so its two mechanisms are
-built here as documented, pluggable parts with these choices:
+Only the paper's abstract and summaries were available, so its two mechanisms are built here as documented,
+pluggable parts with these choices:
 
 1. **Masking low-distinctiveness pairs.** The group-relative advantage is a mean of pairwise reward differences,
    r_i − mean(r) = (1/G)·Σ_j (r_i − r_j). A pair (i, j) counts only when the responses are *distinct* under a
@@ -27,28 +28,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from divalign.errors import UserError
+from divalign.advantages import DistinctOptions
 from divalign.objectives.grpo import GRPOOptions, grpo_loss
+from divalign.objectives.interface import RolloutPlan
 from divalign.objectives.registry import register
 
 
 @dataclass
-class DaGRPOOptions(GRPOOptions):
+class DaGRPOOptions(GRPOOptions, DistinctOptions):
     """Options of ``dagrpo``: GRPO's options plus distinctiveness masking and anchors."""
 
-    threshold: float = 0.1
-    """Pairs whose fine-grained scores differ by less than this are masked."""
-    score: str = "partial"
-    """Fine-grained score: partial (partial credit) or any reward spec (e.g. rm:FOLDER)."""
     anchors: bool = True
     """Add the reference solution to groups where no sample succeeds."""
 
     advantage: ClassVar[str] = "distinct"
 
     def __post_init__(self):
-        super().__post_init__()
-        if self.threshold < 0:
-            raise UserError("dagrpo.threshold must be >= 0")
+        GRPOOptions.__post_init__(self)
+        DistinctOptions.__post_init__(self)
+
+    def rollout_plan(self) -> RolloutPlan:
+        return RolloutPlan(anchors=self.anchors)
 
 
 register("dagrpo", family="online", options=DaGRPOOptions)(grpo_loss)

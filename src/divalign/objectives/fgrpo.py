@@ -1,4 +1,5 @@
-"""f-GRPO: on-policy RL as variational estimation of an f-divergence (Haldar et al., arXiv 2602.05946).
+"""f-GRPO: on-policy RL as variational estimation of an f-divergence (Haldar et al., arXiv 2602.05946;
+docs/algorithms.md#f-grpo).
 
 Not to be confused with the focal-loss "F-GRPO" of Plyusov et al. (arXiv 2602.06717), which rescales GRPO
 advantages by (1 − p̂)^γ and keeps the clipped surrogate; that method is not this one.
@@ -9,11 +10,11 @@ r_θ = β·log(π_θ/π_ref) and a link g into dom f*, the loss is the negative 
 
     L = E_x Σ_i −a_i·ψ_i / N,   ψ_i = w_i⁺·g(r_{θ,i}) if a_i > 0,  w_i⁻·f*(g(r_{θ,i})) if a_i ≤ 0,
 
-so minimising it maximises Ê⁺[g(r)] − Ê⁻[f*(g(r))], an estimate of D_f(D⁺ ‖ D⁻) (research/algorithms.md
-§1.2–1.4). Responses with a_i = 0 (for example every response of a group whose rewards are all equal)
+so minimising it maximises Ê⁺[g(r)] − Ê⁻[f*(g(r))], an estimate of D_f(D⁺ ‖ D⁻) (the variational bound of
+docs/algorithms.md#divergences). Responses with a_i = 0 (for example every response of a group whose rewards are all equal)
 contribute nothing. The metric ``divergence_estimate`` is −L before ``loss_scale``.
 
-Every point where the sources disagree is an option (research/algorithms.md §1.10); defaults and why:
+Every point where the sources disagree is an option; defaults and why:
 
 * ``link="canonical"``: g(r) = f'(eʳ), under which the optimum r is the log density ratio; it reproduces the
   authors' earlier HDO/BCO losses exactly. ``fgan`` uses the f-GAN activations. The two differ materially only
@@ -45,10 +46,10 @@ from typing import ClassVar
 import torch
 
 from divalign import divergences
-from divalign.errors import UserError
 from divalign.groups import group_softmax, group_sum
 from divalign.objectives.aggregation import aggregate, check_mode, group_average, sequence_share, token_share
 from divalign.objectives.batch import OnlineBatch
+from divalign.objectives.interface import OnlineOptions
 from divalign.objectives.registry import register
 
 LEVELS = ("token", "sequence")
@@ -56,7 +57,7 @@ WEIGHTS = ("abs_adv", "softmax_is")
 
 
 @dataclass
-class FGRPOOptions:
+class FGRPOOptions(OnlineOptions):
     """Options of the ``fgrpo`` objective (see the module docstring for the reasons behind each default)."""
 
     divergence: str = "hellinger"
@@ -84,14 +85,13 @@ class FGRPOOptions:
         self.divergence_fn = divergences.by_name(self.divergence, self.alpha)
         self.link_fn = self.divergence_fn.link(self.link)
         if self.level not in LEVELS:
-            raise UserError(f"fgrpo.level: expected one of {', '.join(LEVELS)} (got '{self.level}')")
+            raise ValueError(f"fgrpo.level: expected one of {', '.join(LEVELS)} (got '{self.level}')")
         if self.weights not in WEIGHTS:
-            raise UserError(f"fgrpo.weights: expected one of {', '.join(WEIGHTS)} (got '{self.weights}')")
+            raise ValueError(f"fgrpo.weights: expected one of {', '.join(WEIGHTS)} (got '{self.weights}')")
         check_mode(self.aggregation, "fgrpo.aggregation")
         if not self.beta > 0:
-            raise UserError(f"fgrpo.beta must be > 0 (got {self.beta}): it scales r = beta * log(pi/pi_ref)")
+            raise ValueError(f"fgrpo.beta must be > 0 (got {self.beta}): it scales r = beta * log(pi/pi_ref)")
 
-    @property
     def needs_reference(self) -> bool:
         return True
 

@@ -1,27 +1,26 @@
-"""f-HAL: the hybrid alignment loss of Haldar et al. (arXiv 2602.05946, research/algorithms.md §1.5).
+"""f-HAL: the hybrid alignment loss of Haldar et al. (arXiv 2602.05946; docs/algorithms.md#f-hal).
 
     L = λ·L_FDO(off-policy preference data) + (1 − λ)·L_f-GRPO(on-policy samples)
 
-The off-policy part is FDO (:mod:`divalign.objectives.unpaired`) on preference data read as unpaired responses:
+The off-policy part is FDO (:mod:`divalign.objectives.fdo`) on preference data read as unpaired responses:
 chosen (or safe) responses sample D⁺, rejected (or harmful) ones D⁻. The on-policy part is f-GRPO
 (:mod:`divalign.objectives.fgrpo`) on the step's sampled groups. Both use the same divergence, link and β unless
-``preference_beta`` is set. λ = 0 is f-GRPO and λ = 1 is FDO exactly. The paper's Algorithm 1 mixes the two
-gradients the same way, (1 − λ)·g_on + λ·g_off. As the reviewers note, the off-policy part gets no importance
-correction; λ = 0.5 is the default the brief reports (not verified against the paper).
+``preference_beta`` is set. λ = 0 is f-GRPO and λ = 1 is FDO exactly; the gradients mix the same way,
+(1 − λ)·g_on + λ·g_off. The off-policy part gets no importance correction for the policy that wrote the
+preference data. The default λ = 0.5 weighs the two parts equally.
 
-The loss function takes either part or both, so a trainer can run the on-policy micro-batches and the
-preference batch in separate passes; the sum of those calls is the f-HAL loss.
+The two parts are two registered functions: :func:`fhal_loss` on the sampled batch and :func:`fhal_preference_loss`
+on a preference batch, so a trainer runs them in their own passes; their sum is the f-HAL loss.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from divalign.errors import UserError
-from divalign.objectives.batch import OnlineBatch
+from divalign.objectives.batch import OnlineBatch, UnpairedBatch
+from divalign.objectives.fdo import FDOOptions, fdo_loss
 from divalign.objectives.fgrpo import FGRPOOptions, fgrpo_loss
 from divalign.objectives.registry import register
-from divalign.objectives.unpaired import FDOOptions, UnpairedBatch, fdo_loss
 
 
 @dataclass
@@ -37,20 +36,19 @@ class FHALOptions(FGRPOOptions):
     def __post_init__(self):
         super().__post_init__()
         if not 0 <= self.mix <= 1:
-            raise UserError(f"fhal.mix must be in [0, 1] (got {self.mix})")
+            raise ValueError(f"fhal.mix must be in [0, 1] (got {self.mix})")
         self.fdo = FDOOptions(divergence=self.divergence, alpha=self.alpha, link=self.link,
                               beta=self.preference_beta or self.beta)
 
 
-@register("fhal", family="hybrid", options=FHALOptions)
-def fhal_loss(online: OnlineBatch | None, preference: UnpairedBatch | None, options: FHALOptions):
-    loss, metrics = 0.0, {}
-    if online is not None:
-        on, on_metrics = fgrpo_loss(online, options)
-        loss = loss + (1 - options.mix) * on
-        metrics.update(on_metrics)
-    if preference is not None:
-        off, off_metrics = fdo_loss(preference, options.fdo, {})
-        loss = loss + options.mix * off
-        metrics.update({f"preference_{key}": value for key, value in off_metrics.items()})
-    return loss, metrics
+def fhal_preference_loss(preference: UnpairedBatch, options: FHALOptions):
+    """λ·L_FDO on a preference batch; metrics are prefixed ``preference_``."""
+    loss, metrics = fdo_loss(preference, options.fdo, {})
+    return options.mix * loss, {f"preference_{key}": value for key, value in metrics.items()}
+
+
+@register("fhal", family="online", options=FHALOptions, preference_loss=fhal_preference_loss)
+def fhal_loss(online: OnlineBatch, options: FHALOptions):
+    """(1 − λ)·L_f-GRPO on the sampled batch."""
+    loss, metrics = fgrpo_loss(online, options)
+    return (1 - options.mix) * loss, metrics

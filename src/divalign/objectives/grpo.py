@@ -1,32 +1,28 @@
-"""GRPO, Dr. GRPO and DAPO: one clipped-surrogate objective with three sets of defaults.
+"""GRPO, Dr. GRPO and DAPO: one clipped-surrogate objective with three sets of defaults
+(docs/algorithms.md#grpo, #dr-grpo, #dapo).
 
 Per token (arXiv 2402.03300, Eq. 3 with the k3 KL estimator):
 
     ℓ_{i,t} = −min(ρ_{i,t}·A_i, clip(ρ_{i,t}, 1 − ε_low, 1 + ε_high)·A_i) + β·k3_{i,t},
     ρ_{i,t} = π_θ(y_{i,t}|·) / π_old(y_{i,t}|·),   k3 = π_ref/π_θ − log(π_ref/π_θ) − 1,
 
-reduced by ``aggregation``: ``seq_mean_token_mean`` (GRPO: each response's token mean, then the mean over
-responses), ``token_mean`` (DAPO, arXiv 2503.14476: one mean over all tokens of the batch) or
-``seq_mean_token_sum_norm`` (Dr. GRPO, arXiv 2503.20783: token sums over a constant, responses × budget).
-ε_high > ε_low is DAPO's clip-higher.
+reduced by ``aggregation``: ``seq_mean_token_mean`` (GRPO), ``token_mean`` (DAPO, arXiv 2503.14476) or
+``seq_mean_token_sum_norm`` (Dr. GRPO, arXiv 2503.20783). ε_high > ε_low is DAPO's clip-higher.
 
-Deviations and choices:
-* The log-ratio log ρ is clamped to ±20 before ``exp`` and k3 to ±10 (as verl does) so that loss and gradient
+Choices:
+* The log-ratio log ρ is clamped to ±20 before ``exp`` and k3 to ±10 (verl's clamps) so that loss and gradient
   stay finite for any input; inside those bounds the formula is exact.
 * With one update per batch the behaviour log-probabilities from sampling serve as π_old, so ρ = 1 in value
-  (to ~1e-7 in fp32; sampling and training share one fp32 computation) and only its gradient matters (no extra
-  forward pass).
+  and only its gradient matters (no extra forward pass).
 * The KL term is added per token inside the aggregation, as in the paper and TRL.
 
 Presets (registered names sharing :func:`grpo_loss`):
 
 * ``dr_grpo``: advantages r_i − mean(r) without the std division, token sums over the constant
-  responses × completion budget, no KL term (arXiv 2503.20783; TRL ``dr_grpo``, verl
-  ``seq-mean-token-sum-norm``).
-* ``dapo``: clip-higher (ε_low 0.2, ε_high 0.28), token-level mean, no KL term, and the three trainer-side
-  pieces of arXiv 2503.14476 switched on in its options: dynamic sampling (groups whose rewards are all equal
-  are dropped and more prompts sampled until the batch is full, at most ``max_sampling_rounds`` rounds),
-  truncated completions masked out of the loss, and the soft overlong punishment added to the reward.
+  responses × completion budget, no KL term.
+* ``dapo``: clip-higher (ε_low 0.2, ε_high 0.28), token-level mean, no KL term, and the rollout pieces of DAPO
+  switched on (:meth:`DAPOOptions.rollout_plan`): dynamic sampling, truncated completions masked out of the
+  loss, and the soft overlong punishment added to the reward.
 """
 
 from __future__ import annotations
@@ -36,15 +32,15 @@ from typing import ClassVar
 
 import torch
 
-from divalign.errors import UserError
 from divalign.objectives import kl
 from divalign.objectives.aggregation import aggregate, check_mode, token_share
 from divalign.objectives.batch import OnlineBatch
+from divalign.objectives.interface import OnlineOptions, RolloutPlan
 from divalign.objectives.registry import register
 
 
 @dataclass
-class GRPOOptions:
+class GRPOOptions(OnlineOptions):
     """Options of the ``grpo`` objective."""
 
     epsilon_low: float = 0.2
@@ -56,15 +52,13 @@ class GRPOOptions:
     aggregation: str = "seq_mean_token_mean"
     """seq_mean_token_mean (GRPO), token_mean (DAPO) or seq_mean_token_sum_norm (Dr. GRPO)."""
 
-    #: The advantage estimator the trainer uses unless told otherwise.
     advantage: ClassVar[str] = "group"
 
     def __post_init__(self):
         check_mode(self.aggregation, "grpo.aggregation")
         if self.epsilon_low < 0 or self.epsilon_high < 0 or self.beta < 0:
-            raise UserError("grpo: epsilon_low, epsilon_high and beta must be >= 0")
+            raise ValueError("grpo: epsilon_low, epsilon_high and beta must be >= 0")
 
-    @property
     def needs_reference(self) -> bool:
         return self.beta > 0
 
@@ -123,6 +117,11 @@ class DAPOOptions(GRPOOptions):
     """Soft overlong punishment over the last this many tokens of the budget (-1: a fifth of it, 0: off)."""
     overlong_factor: float = 1.0
     """Penalty at the budget."""
+
+    def rollout_plan(self) -> RolloutPlan:
+        return RolloutPlan(dynamic_sampling=self.dynamic_sampling, max_sampling_rounds=self.max_sampling_rounds,
+                           mask_truncated=self.mask_truncated, overlong_buffer=self.overlong_buffer,
+                           overlong_factor=self.overlong_factor)
 
 
 register("dr_grpo", family="online", options=DrGRPOOptions)(grpo_loss)

@@ -1,4 +1,5 @@
-"""Per-token estimators of KL(π_θ ‖ π_ref) from samples of π_θ (Schulman, "Approximating KL divergence")."""
+"""Per-token estimators of KL(π_θ ‖ π_ref) from samples of π_θ (Schulman, "Approximating KL divergence";
+docs/algorithms.md#kl-estimators)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,7 @@ def k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 def k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """k1 = log π_θ − log π_ref: unbiased on-policy, can be negative."""
     return logprobs - ref_logprobs
+
+
+#: By name, as objectives' options select them.
+ESTIMATORS = {"k1": k1, "k3": k3}

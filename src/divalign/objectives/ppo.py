@@ -1,9 +1,10 @@
 """PPO for RLHF with a value head and GAE (Schulman et al., arXiv 1707.06347; InstructGPT, arXiv 2203.02155), as
-TRL's ``PPOTrainer`` sets it up (research/algorithms.md §5.4).
+TRL's ``PPOTrainer`` sets it up (docs/algorithms.md#ppo).
 
-The trainer builds, per token, the KL-penalised reward r_t = −c_KL·kl_t (k1: log π_old − log π_ref, or k3) with
-the sequence's task or reward-model score added at its last token, then GAE(γ, λ) advantages and returns from the
-value head's predictions at sampling time (:func:`divalign.advantages.gae`), whitened over the batch. The loss,
+The trainer builds, per token, the KL-penalised reward r_t = −c_KL·kl_t (k1: log π_old − log π_ref, or k3;
+:meth:`PPOOptions.kl_penalty`) with the sequence's task or reward-model score added at its last token, then GAE(γ, λ)
+advantages and returns from the value head's predictions at sampling time (the ``gae`` estimator of
+:mod:`divalign.advantages`, which also makes the trainer keep a value head), whitened over the batch. The loss,
 averaged over completion tokens:
 
     L_pg = −min(ρ_t·A_t, clip(ρ_t, 1 ± ε)·A_t),   L_v = ½·max((V_t − R_t)², (clip(V_t, V_old ± ε_v) − R_t)²),
@@ -20,17 +21,18 @@ from typing import ClassVar
 
 import torch
 
-from divalign.errors import UserError
+from divalign.advantages import GAEOptions
 from divalign.objectives import kl
 from divalign.objectives.aggregation import aggregate, token_share
 from divalign.objectives.batch import OnlineBatch
+from divalign.objectives.interface import KLPenalty, OnlineOptions
 from divalign.objectives.registry import register
 
 KL_ESTIMATORS = ("k1", "k3")
 
 
 @dataclass
-class PPOOptions:
+class PPOOptions(OnlineOptions, GAEOptions):
     """Options of ``ppo``."""
 
     epsilon: float = 0.2
@@ -39,28 +41,24 @@ class PPOOptions:
     """Clip range of the value prediction around its value at sampling time."""
     vf_coef: float = 0.1
     """Weight c_v of the value loss."""
-    gamma: float = 1.0
-    """Discount of GAE."""
-    lam: float = 0.95
-    """lambda of GAE."""
     kl_coef: float = 0.05
     """Weight of the per-token KL penalty in the reward (0: none, no reference model needed)."""
     kl_estimator: str = "k1"
     """Per-token KL estimate in the reward: k1 (log-ratio) or k3."""
-    whiten_advantages: bool = True
-    """Normalise advantages to mean 0, std 1 over the batch's tokens."""
 
     advantage: ClassVar[str] = "gae"
+    own_estimator_only: ClassVar[bool] = True
 
     def __post_init__(self):
+        super().__post_init__()
         if self.kl_estimator not in KL_ESTIMATORS:
-            raise UserError(f"ppo.kl_estimator: expected one of {', '.join(KL_ESTIMATORS)} (got '{self.kl_estimator}')")
-        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise UserError("ppo.gamma and ppo.lam must be in [0, 1]")
+            raise ValueError(f"ppo.kl_estimator: expected one of {', '.join(KL_ESTIMATORS)} (got '{self.kl_estimator}')")
 
-    @property
     def needs_reference(self) -> bool:
         return self.kl_coef > 0
+
+    def kl_penalty(self) -> KLPenalty | None:
+        return KLPenalty(self.kl_coef, self.kl_estimator) if self.kl_coef > 0 else None
 
 
 @register("ppo", family="online", options=PPOOptions)

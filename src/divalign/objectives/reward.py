@@ -3,7 +3,7 @@
     L = −log σ(r(x, y_w) − r(x, y_l) − m) + c·(r(x, y_w) + r(x, y_l))²
 
 Bradley–Terry pairwise loss as used for RLHF reward models (InstructGPT, arXiv 2203.02155, Eq. 1), with the
-optional margin m and centering coefficient c of TRL's ``RewardTrainer`` (research/algorithms.md §5.8). The
+optional margin m and centering coefficient c of TRL's ``RewardTrainer`` (docs/algorithms.md#bradley-terry). The
 mean is over the *whole* batch (``num_pairs``), so micro-batch losses add up.
 """
 

@@ -1,8 +1,9 @@
-"""RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al., arXiv 2402.14740), as TRL implements it.
+"""RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al., arXiv 2402.14740), as TRL implements it
+(docs/algorithms.md#rloo).
 
 Advantage (:func:`divalign.advantages.leave_one_out`): a_i = R_i − mean of the other responses' R in the group,
 with the KL penalty folded into the reward, R_i = r_i − β·Σ_t (log π_old(y_t|·) − log π_ref(y_t|·)) (the trainer
-applies it before computing advantages; ``kl_in_reward``). Loss per response with the *sequence* ratio
+applies it before computing advantages: :meth:`RLOOOptions.kl_penalty`). Loss per response with the *sequence* ratio
 ρ_i = exp(Σ_t log π_θ − Σ_t log π_old) (log ρ clamped to ±20):
 
     ℓ_i = −min(ρ_i·a_i, clip(ρ_i, 1 − ε, 1 + ε)·a_i),   L = mean_i ℓ_i.
@@ -15,15 +16,15 @@ from typing import ClassVar
 
 import torch
 
-from divalign.errors import UserError
 from divalign.objectives import kl
 from divalign.objectives.aggregation import sequence_share
 from divalign.objectives.batch import OnlineBatch
+from divalign.objectives.interface import KLPenalty, OnlineOptions
 from divalign.objectives.registry import register
 
 
 @dataclass
-class RLOOOptions:
+class RLOOOptions(OnlineOptions):
     """Options of ``rloo``."""
 
     epsilon: float = 0.2
@@ -35,15 +36,13 @@ class RLOOOptions:
 
     def __post_init__(self):
         if self.epsilon < 0 or self.beta < 0:
-            raise UserError("rloo: epsilon and beta must be >= 0")
+            raise ValueError("rloo: epsilon and beta must be >= 0")
 
-    @property
     def needs_reference(self) -> bool:
         return self.beta > 0
 
-    @property
-    def kl_in_reward(self) -> float:
-        return self.beta
+    def kl_penalty(self) -> KLPenalty | None:
+        return KLPenalty(self.beta, "k1") if self.beta > 0 else None
 
 
 @register("rloo", family="online", options=RLOOOptions)

@@ -3,7 +3,8 @@
 A reward spec is one term or a weighted sum of terms, ``0.7*exact + 0.3*rm:runs/rm/model``. Terms:
 
 * ``numeric`` (the final number, GSM8K style) and ``exact`` — verifiable rewards, 1.0 when correct (the
-  logged pass rate counts rewards ≥ 1);
+  logged pass rate counts rewards ≥ 1); ``partial`` — partial credit in [0, 1] (closeness of the final number, or
+  string similarity);
 * ``rm:FOLDER`` — a trained reward model (:mod:`divalign.rewards.model`);
 * ``module:function`` — a user function scoring one completion, ``function(completion, answer) -> float``;
   each call is bounded by a timeout (``timeout`` seconds, default 10) and scores 0 with a warning when it
@@ -20,7 +21,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from divalign.errors import UserError
+from divalign.rewards.model import RewardModelScorer
 from divalign.rewards.numeric import exact_reward, numeric_reward
+from divalign.rewards.partial import partial_credit
 
 
 class Reward(Protocol):
@@ -96,7 +99,7 @@ class Weighted:
         return total
 
 
-BUILTIN = {"numeric": numeric_reward, "exact": exact_reward}
+BUILTIN = {"numeric": numeric_reward, "exact": exact_reward, "partial": partial_credit}
 
 
 def get(spec: str, timeout: float = 10.0) -> Reward:
@@ -118,8 +121,6 @@ def get(spec: str, timeout: float = 10.0) -> Reward:
 
 def _term(spec: str, timeout: float) -> Reward:
     if spec.startswith("rm:"):
-        from divalign.rewards.model import RewardModelScorer
-
         return RewardModelScorer(spec[3:])
     if ":" in spec:
         return Bounded(_import(spec), spec, timeout)

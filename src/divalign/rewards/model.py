@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
+from divalign.data.encoding import encode_texts
 from divalign.errors import UserError
+from divalign.models import load_reward_model, sequence_scores
 
 
 class RewardModelScorer:
@@ -17,8 +19,6 @@ class RewardModelScorer:
     """
 
     def __init__(self, folder: str, max_length: int = 256, batch_size: int = 64):
-        from divalign.trainers.reward_model import load_reward_model
-
         config = Path(folder) / "config.json"
         if config.exists():
             archs = json.loads(config.read_text()).get("architectures") or []
@@ -33,8 +33,6 @@ class RewardModelScorer:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str], answers: list[str] | None = None) -> list[float]:
-        from divalign.trainers.reward_model import encode_texts, scores
-
         out = []
         for start in range(0, len(prompts), self.batch_size):
             ids, mask = encode_texts(
@@ -43,5 +41,5 @@ class RewardModelScorer:
                 completions[start : start + self.batch_size],
                 self.max_length,
             )
-            out += scores(self.model, ids, mask).tolist()
+            out += sequence_scores(self.model, ids, mask).tolist()
         return out

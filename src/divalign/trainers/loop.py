@@ -1,10 +1,12 @@
-"""The outer loop every trainer shares: steps, metrics log, progress bar, checkpoints, final model."""
+"""The outer loop every trainer shares (steps, metrics log, progress bar, checkpoints, final model), and the
+timing and metric sums a step reports."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from dataclasses import dataclass
+from collections import defaultdict
 from pathlib import Path
 
 from divalign.checkpoint import atomic_directory, latest_checkpoint, load_state, save_checkpoint
@@ -14,22 +16,40 @@ from divalign.tracking import MetricsLog, progress
 FINAL_MODEL = "model"
 
 
-@dataclass
-class RunOptions:
-    """Checkpointing and runtime options every training config has."""
+class Clock:
+    """Seconds spent in named parts of a step (``with clock("optimizer_s"): …`` adds up), and since it started."""
 
-    save_every: int = 0
-    """Checkpoint every this many steps (0: only the final model)."""
-    keep_checkpoints: int = 2
-    """How many recent checkpoints to keep."""
-    resume: bool = False
-    """Continue the run in output_dir from its latest checkpoint."""
-    trust_remote_code: bool = False
-    """Allow model folders that ship their own modelling code."""
-    threads: int = 0
-    """CPU threads for torch (0: torch's default)."""
-    progress: bool = True
-    """Show a progress bar on the console."""
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+class MetricSums:
+    """Metrics summed over a step's micro-batches and updates (each objective metric is a micro-batch's additive
+    share of its minibatch's value), averaged over the updates at the end."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.updates: list[dict] = []
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def means(self) -> dict[str, float]:
+        n = max(len(self.updates), 1)
+        return {key: value / n for key, value in self.sums.items()}
 
 
 def resume_point(run_dir: str | os.PathLike) -> tuple[Path | None, dict | None]:

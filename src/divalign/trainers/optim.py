@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from divalign.errors import UserError
 
 SCHEDULES = ("constant", "linear", "cosine")
-
-
-@dataclass
-class OptimizerOptions:
-    """The options :class:`Optimization` reads; every training config has them (and may change the defaults)."""
-
-    learning_rate: float = 1e-5
-    """Peak learning rate of AdamW."""
-    lr_schedule: str = "constant"
-    """constant, linear or cosine (after warm-up)."""
-    warmup_steps: int = 0
-    """Linear warm-up, in optimizer steps."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clipping threshold (0 disables)."""
 
 
 def make_optimizer(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
@@ -67,10 +50,9 @@ def clip_factor(params: list[torch.Tensor], max_norm: float) -> tuple[float, tor
 class Optimization:
     """What every trainer does after its backward passes: clip the gradient norm, AdamW step, schedule step.
 
-    ``modules``: the model, or a list of modules trained together (a policy and its value head). ``config``
-    provides ``learning_rate``, ``weight_decay``, ``lr_schedule``, ``warmup_steps`` and ``max_grad_norm``
-    (0 disables clipping). ``state_dict`` also holds torch's global RNG, so that a resumed run
-    continues bit for bit.
+    ``modules``: the model, or a list of modules trained together (a policy and its value head). ``config`` is a
+    :class:`divalign.trainers.options.OptimizerOptions` (``max_grad_norm`` 0 disables clipping). ``state_dict``
+    also holds torch's global RNG, so that a resumed run continues bit for bit.
     """
 
     def __init__(self, modules, config, total_steps: int):

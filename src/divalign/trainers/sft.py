@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from dataclasses import dataclass
 
 import torch
@@ -19,49 +18,34 @@ import torch
 from divalign.data.order import EpochOrder
 from divalign.data.sft import Chat, Demonstration, render
 from divalign.data.tokens import fit
-from divalign.models import segment_logprobs, set_training
-from divalign.trainers.loop import RunOptions
-from divalign.trainers.optim import Optimization, OptimizerOptions
+from divalign.models import configure, segment_logprobs, set_training
+from divalign.trainers.loop import Clock
+from divalign.trainers.optim import Optimization
+from divalign.trainers.options import (
+    BatchOptions,
+    DataOptions,
+    ForwardOptions,
+    ModelOptions,
+    OptimizerOptions,
+    RunOptions,
+)
 
 
 @dataclass
-class SFTConfig(RunOptions, OptimizerOptions):
-    """Supervised fine-tuning on prompt/completion or chat data; the loss covers completion tokens only."""
+class SFTConfig(ModelOptions, DataOptions, BatchOptions, ForwardOptions, OptimizerOptions, RunOptions):
+    """Supervised fine-tuning on prompt/completion or chat data; the loss covers completion tokens only (the held-out
+    data's loss and perplexity are logged)."""
 
-    model: str = ""
-    """Folder of the model to fine-tune (AutoModelForCausalLM and its tokenizer)."""
-    data: str = ""
-    """Training file (JSONL, JSON, CSV, Parquet) with prompt/completion fields or chat messages."""
-    eval_data: str = ""
-    """Optional held-out file in the same format: its loss and perplexity are logged."""
     output_dir: str = "runs/sft"
-    """Run folder: config, metrics.jsonl, checkpoints/ and the final model/."""
-    prompt_field: str = "prompt"
-    """Field holding the prompt."""
     completion_field: str = "completion"
     """Field holding the completion."""
     messages_field: str = "messages"
     """Field holding chat messages (used when the records have it)."""
-    max_length: int = 512
-    """Maximum tokens per example (prompts are cut from the left, completions from the right) and per row."""
     packing: bool = False
     """Pack several examples into each row of max_length tokens."""
-    batch_size: int = 8
-    """Rows per optimizer step."""
-    micro_batch_size: int = 0
-    """Rows per forward/backward (0: the whole batch); the loss is normalised by the whole batch."""
-    epochs: float = 1.0
-    """Passes over the data (used when steps is 0)."""
-    steps: int = 0
-    """Optimizer steps (0: derived from epochs)."""
+    max_length: int = 512
     learning_rate: float = 2e-5
     lr_schedule: str = "cosine"
-    eval_every: int = 0
-    """Evaluate on eval_data every this many steps (0: only at the end)."""
-    seed: int = 0
-    """Seed of data order and initialisation."""
-    fast_path: bool = True
-    """Run Llama-family models through the lean functional forward."""
 
 
 @dataclass
@@ -116,9 +100,9 @@ def build_rows(examples: list[Tokenized], pad_id: int, max_length: int, packing:
     return Rows(ids, segments, targets[:, 1:])
 
 
-def sft_loss_terms(model, rows: Rows, fast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def sft_loss_terms(model, rows: Rows) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of completion-token NLL, number of completion tokens) of some rows."""
-    logp = segment_logprobs(model, rows.input_ids, rows.segment_ids, fast=fast)
+    logp = segment_logprobs(model, rows.input_ids, rows.segment_ids)
     return -(logp * rows.loss_mask).sum(), rows.loss_mask.sum()
 
 
@@ -134,6 +118,7 @@ class SFTTrainer:
         eval_items: list[Demonstration | Chat] | None = None,
     ):
         self.policy, self.tokenizer, self.config = model, tokenizer, config
+        configure(model, fast_path=config.fast_path)
         self.examples = tokenize(tokenizer, items, config.max_length)
         self.order = EpochOrder(len(self.examples), f"sft-{config.seed}")
         self._epoch_rows: dict[int, Rows] = {}
@@ -200,8 +185,7 @@ class SFTTrainer:
         return int(state["step"])
 
     def step(self, step: int) -> dict:
-        t0 = time.perf_counter()
-        cfg = self.config
+        clock, cfg = Clock(), self.config
         set_training(self.policy, True)
         batch = self._batch(step)
         tokens = batch.loss_mask.sum().clamp(min=1)
@@ -213,7 +197,7 @@ class SFTTrainer:
                 batch.segment_ids[start : start + micro],
                 batch.loss_mask[start : start + micro],
             )
-            nll, _ = sft_loss_terms(self.policy, part, cfg.fast_path)
+            nll, _ = sft_loss_terms(self.policy, part)
             loss = nll / tokens
             loss.backward()
             loss_total += float(loss.item())
@@ -222,7 +206,7 @@ class SFTTrainer:
             (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == self.total_steps
         ):
             row.update(self.evaluate())
-        row["step_s"] = time.perf_counter() - t0
+        row["step_s"] = clock.elapsed()
         return row
 
     @torch.no_grad()
@@ -238,7 +222,7 @@ class SFTTrainer:
                 rows.segment_ids[start : start + 64],
                 rows.loss_mask[start : start + 64],
             )
-            s, c = sft_loss_terms(self.policy, part, self.config.fast_path)
+            s, c = sft_loss_terms(self.policy, part)
             nll, count = nll + float(s), count + float(c)
         self.policy.train(was_training)
         mean = nll / max(count, 1.0)

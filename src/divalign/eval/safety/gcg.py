@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from divalign.generation import make_sampler
+
 
 @dataclass
 class GCGResult:
@@ -81,8 +83,6 @@ def gcg_attack(model, tokenizer, request: str, target: str, *, steps: int = 50, 
         index = int(losses.argmin())
         if float(losses[index]) < best:
             best, suffix = float(losses[index]), trial[index]
-    from divalign.generation import make_sampler
-
     ids = prefix_ids.tolist() + suffix.tolist()
     rollout = make_sampler(model, tokenizer).generate([ids], max_new_tokens, greedy=True)
     completion = tokenizer.decode(rollout.completion_ids[0], skip_special_tokens=True)

@@ -1,9 +1,22 @@
-"""RMSNorm without its gain, and the gradients of RMSNorm with it, for the passes with a written-out backward."""
+"""LlamaRMSNorm, y = x / √(mean(x²) + ε) · gain: the forward every path runs, and the pieces of the passes with a
+written-out backward.
+
+:func:`rms_norm` is torch's fused kernel, used under autograd and without gradient (scoring, decoding; a gain of
+None leaves it to be folded into the next product). The written-out training pass needs the inverse RMS r of
+each row for its backward, which the fused kernel does not return: :func:`normalize` computes (x̂, r) and
+:func:`backward` the gradients. Both compute the same x̂ (the tests compare them).
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+
+def rms_norm(x: Tensor, gain: Tensor | None, eps: float) -> Tensor:
+    """x̂·gain over the last axis (gain None: x̂ alone)."""
+    return F.rms_norm(x, (x.shape[-1],), gain, eps)
 
 
 def normalize(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:

@@ -1,4 +1,5 @@
-"""The sampler for Llama-family models: a lean decoder over folded copies of the Hugging Face weights.
+"""The decoder for Llama models: prefill and one token step over folded copies of the Hugging Face weights, for
+the sampling loop of :mod:`divalign.generation`.
 
 Decoding a small model on CPU is bound by the number of tensor operations per token, not by arithmetic. A step
 here costs 14 operations per layer (views aside):
@@ -31,12 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from divalign import llama_fast
-from divalign.generation.decode import Sampler
-from divalign.llama_fast import rms_norm
-from divalign.token_layout import causal_mask, position_ids
-
-supports = llama_fast.supports
+from divalign.models.llama.norm import rms_norm
+from divalign.models.llama.weights import llama_params, rope_table
+from divalign.models.positions import causal_mask, position_ids
 
 
 @dataclass
@@ -47,25 +45,27 @@ class _Layer:
     down: Tensor  #: (intermediate, hidden)
 
 
-class LlamaSampler(Sampler):
-    def __init__(self, model, tokenizer):
-        super().__init__(model, tokenizer)
-        cfg = model.config
-        self.hq, self.hk = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.d = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.hq
-        self.rep, self.eps, self.intermediate = self.hq // self.hk, cfg.rms_norm_eps, cfg.intermediate_size
+class LlamaDecoder:
+    """``prefill``, ``step``, ``repeat`` and ``refresh`` of :class:`divalign.generation.decode.Decoder` for a Llama
+    model."""
+
+    def __init__(self, model):
+        self.model = model
+        params = llama_params(model)
+        dims = params.dims
+        self.hq, self.hk, self.d = dims.hq, dims.hk, dims.d
+        self.rep, self.eps, self.intermediate = dims.rep, dims.eps, dims.intermediate
         self.width = self.hk * (self.rep + 2) * self.d
-        embed = model.model.embed_tokens.weight
-        self.embed = embed.detach()  # read live: the embedding needs no folding
-        like = {"dtype": embed.dtype, "device": embed.device}
-        hidden = embed.shape[1]
+        self.embed = params.embed.detach()  # read live: the embedding needs no folding
+        like = {"dtype": self.embed.dtype, "device": self.embed.device}
+        hidden = self.embed.shape[1]
         self.layers = [
             _Layer(qkv=torch.zeros(hidden, 2 * self.width, **like), o=torch.empty(self.hq * self.d, hidden, **like),
                    gate_up=torch.empty(hidden, 2 * self.intermediate, **like),
                    down=torch.empty(self.intermediate, hidden, **like))
-            for _ in model.model.layers
+            for _ in params.layers
         ]
-        self.head = torch.empty(hidden, model.lm_head.weight.shape[0], **like)
+        self.head = torch.empty(hidden, params.head.shape[0], **like)
         self._rope_length = 0
         self.refresh()
 
@@ -75,23 +75,23 @@ class LlamaSampler(Sampler):
 
     @torch.no_grad()
     def refresh(self) -> None:
-        m, half = self.model.model, self.d // 2
-        for layer, module in zip(self.layers, m.layers):
-            a, mlp = module.self_attn, module.mlp
-            gain = module.input_layernorm.weight.view(-1, 1, 1, 1)
+        """Rewrite the folded copies from the model's current weights (after every optimizer step)."""
+        params, half = llama_params(self.model), self.d // 2
+        for layer, p in zip(self.layers, params.layers):
+            gain = p.attn_norm.view(-1, 1, 1, 1)
             plain, rotated = (self._blocks(part) for part in layer.qkv.chunk(2, dim=1))
-            torch.mul(self._blocks_of(a.q_proj.weight.t(), self.rep), gain * self.d**-0.5, out=plain[:, :, : self.rep])
-            torch.mul(self._blocks_of(a.k_proj.weight.t(), 1), gain, out=plain[:, :, self.rep : self.rep + 1])
-            torch.mul(self._blocks_of(a.v_proj.weight.t(), 1), gain, out=plain[:, :, self.rep + 1 :])
+            torch.mul(self._blocks_of(p.q.t(), self.rep), gain * self.d**-0.5, out=plain[:, :, : self.rep])
+            torch.mul(self._blocks_of(p.k.t(), 1), gain, out=plain[:, :, self.rep : self.rep + 1])
+            torch.mul(self._blocks_of(p.v.t(), 1), gain, out=plain[:, :, self.rep + 1 :])
             # rotate_half, (−x₂, x₁), of the query and key columns; the value's stay zero
             torch.neg(plain[:, :, : self.rep + 1, half:], out=rotated[:, :, : self.rep + 1, :half])
             rotated[:, :, : self.rep + 1, half:].copy_(plain[:, :, : self.rep + 1, :half])
-            layer.o.copy_(a.o_proj.weight.t())
-            gain = module.post_attention_layernorm.weight[:, None]
-            torch.mul(mlp.gate_proj.weight.t(), gain, out=layer.gate_up[:, : self.intermediate])
-            torch.mul(mlp.up_proj.weight.t(), gain, out=layer.gate_up[:, self.intermediate :])
-            layer.down.copy_(mlp.down_proj.weight.t())
-        torch.mul(self.model.lm_head.weight.t(), m.norm.weight[:, None], out=self.head)
+            layer.o.copy_(p.o.t())
+            gain = p.mlp_norm[:, None]
+            torch.mul(p.gate.t(), gain, out=layer.gate_up[:, : self.intermediate])
+            torch.mul(p.up.t(), gain, out=layer.gate_up[:, self.intermediate :])
+            layer.down.copy_(p.down.t())
+        torch.mul(params.head.t(), params.final_norm[:, None], out=self.head)
 
     def _blocks_of(self, weight_t: Tensor, heads_per_block: int) -> Tensor:
         """A projection's transposed weight (hidden, heads·D) → (hidden, Hkv, heads_per_block, D)."""
@@ -101,9 +101,8 @@ class LlamaSampler(Sampler):
         """cos and sin of positions < ``length`` over the W plain columns: per block, cos / sin for the queries
         and the key, 1 / 0 for the value."""
         if length > self._rope_length:
-            rotary = self.model.model.rotary_emb
-            cos, sin = llama_fast.rope_table(rotary.inv_freq, rotary.attention_scaling, self.embed.dtype, length,
-                                             device)
+            params = llama_params(self.model)
+            cos, sin = rope_table(params.inv_freq, params.rope_scale, self.embed.dtype, length, device)
             tables = []
             for table, value_part in ((cos, 1.0), (sin, 0.0)):
                 block = torch.cat([table.repeat(1, self.rep + 1), torch.full_like(table, value_part)], dim=1)

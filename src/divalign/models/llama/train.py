@@ -8,8 +8,8 @@ as one autograd node: its forward runs the layers with plain tensor operations a
 its backward is written out (RMSNorm, RoPE, attention and SwiGLU by their derivatives) and returns the gradients
 of the model's own parameters, so the optimizer, checkpoints and saved folders stay the Hugging Face ones.
 
-* It runs the tokens of a :class:`divalign.token_layout.TokenLayout`: no padding, and each prompt shared by a
-  group of completions once; attention reads them through index maps.
+* It runs the tokens of a :class:`divalign.models.llama.layout.TokenLayout`: no padding, and each prompt shared by
+  a group of completions once; attention reads them through index maps.
 * With a frozen reference of the same shape, both models run in one pass: their weights sit in buffers with a
   leading model axis (:class:`_PairWeights`), so every product is one batched product over the two and every
   elementwise operation one call; the backward runs for the policy only.
@@ -19,12 +19,9 @@ of the model's own parameters, so the optimizer, checkpoints and saved folders s
   of them distinct, as with character-level and other small vocabularies), they run once per distinct token and
   their gradients are summed per distinct token before the weight gradient and the norm's backward
   (:class:`_DistinctTokens`).
-* The final norm, the output head and the log-probabilities are one more node (:mod:`divalign.token_logprobs`).
+* The final norm, the output head and the log-probabilities are one more node (:mod:`divalign.models.llama.head`).
 
-Used for the gradient pass of :func:`divalign.models.completion_forward` where :func:`divalign.llama_fast.supports`
-the model and the compiled forward is off. Values and gradients equal the Hugging Face forward's (tests).
-Measured on the speed benchmarks of BENCHMARKS.md: the DPO step from 16.4 to about 13 ms, the GRPO step from 41
-to about 32 ms (with the other changes listed there).
+Values and gradients equal the Hugging Face forward's (tests); what each piece is worth is in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -36,82 +33,43 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from divalign import llama_fast, rmsnorm
-from divalign.rmsnorm import normalize
-from divalign.token_layout import TokenLayout, token_layout
-from divalign.token_logprobs import token_logprobs
+from divalign.models.llama import norm
+from divalign.models.llama.head import token_logprobs
+from divalign.models.llama.layout import TokenLayout, token_layout
+from divalign.models.llama.weights import LlamaDims, LlamaParams, llama_params, rope_table, supports
 
-#: per layer, in this order: the attention norm gain, q, k, v, o, the MLP norm gain, gate, up, down
+#: per layer, in the order of :meth:`LayerParams.tensors`: attention norm gain, q, k, v, o, MLP norm gain, gate, up,
+#: down
 _PER_LAYER = 9
-
-
-def layer_parameters(model) -> list[Tensor]:
-    """The decoder parameters of ``model`` in the order :class:`_Stack` takes them."""
-    out = []
-    for layer in model.model.layers:
-        a, m = layer.self_attn, layer.mlp
-        out += [layer.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
-                layer.post_attention_layernorm.weight, m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight]
-    return out
-
-
-def _shape(model) -> tuple:
-    cfg = model.config
-    return (type(model), cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
-            getattr(cfg, "head_dim", None), cfg.intermediate_size, cfg.rms_norm_eps,
-            model.model.embed_tokens.weight.dtype)
-
-
-def same_shape(model, reference) -> bool:
-    """Whether ``reference`` can run stacked with ``model``: both supported Llama models of the same sizes and
-    dtype (the parameter shapes follow from these)."""
-    return reference is not None and llama_fast.supports(reference) and _shape(model) == _shape(reference)
-
-
-@dataclass(frozen=True)
-class _Dims:
-    """The model's attention sizes."""
-
-    hq: int
-    hk: int
-    d: int
-    eps: float
-    scale: float  #: 1/√D
-
-    @staticmethod
-    def of(model) -> _Dims:
-        cfg = model.config
-        d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        return _Dims(cfg.num_attention_heads, cfg.num_key_value_heads, d, cfg.rms_norm_eps, d**-0.5)
-
 
 _rope_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _rope_by_position(model, length: int, dtype: torch.dtype, device, dims: _Dims) -> tuple[Tensor, Tensor, Tensor]:
+def _rope_by_position(params: LlamaParams, length: int, dtype: torch.dtype, device) -> tuple[Tensor, Tensor, Tensor]:
     """cos, the forward sin and the backward sin of RoPE (see :func:`_rotate`) for positions < ``length``, (·, D);
     kept per model and grown when a longer batch comes."""
-    rotary = model.model.rotary_emb
-    key = (dtype, device, rotary.inv_freq._version)
-    cached = _rope_cache.setdefault(rotary, {}).get(key)
+    dims = params.dims
+    key = (dtype, device, params.inv_freq._version)
+    cached = _rope_cache.setdefault(params.rotary, {}).get(key)
     if cached is None or cached[0].shape[0] < length:
-        cos, sin = llama_fast.rope_table(rotary.inv_freq, rotary.attention_scaling, dtype, max(length, 64), device)
+        cos, sin = rope_table(params.inv_freq, params.rope_scale, dtype, max(length, 64), device)
         half = dims.d // 2
         sign = torch.ones(dims.d, dtype=dtype, device=device)
         sign[:half] = -1
         cached = (cos, sin * sign, sin.roll(half, -1) * -sign)
-        _rope_cache[rotary][key] = cached
+        _rope_cache[params.rotary][key] = cached
     return cached
 
 
-def _tables(model, layout: TokenLayout, dtype: torch.dtype, dims: _Dims, models: int = 1
+def _tables(params: LlamaParams, layout: TokenLayout, dtype: torch.dtype, models: int = 1
             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per token (R, 1, D): cos, the forward sin and the backward sin of RoPE; and the attention bias
     (models·rows·Hkv, rep·L, L), 0 where a slot may see a key and −inf elsewhere, its rows the queries of the rep
     heads that share a key head, repeated for the ``models`` run stacked."""
+    dims = params.dims
     device = layout.token_ids.device
     length = layout.length
-    tables = _rope_by_position(model, length, dtype, device, dims)
+    tables = _rope_by_position(params, length, dtype, device)
     cos, sin_fwd, sin_bwd = (t[layout.positions].unsqueeze(1) for t in tables)
     bias = torch.zeros(layout.allowed.shape, dtype=dtype, device=device).masked_fill_(~layout.allowed, float("-inf"))
     rep = dims.hq // dims.hk
@@ -159,14 +117,14 @@ class _AttentionIndex:
     key_grad: Tensor  #: head-major key / value rows → rows of (R·Hkv, D) their gradients add into
 
 
-def _attention_index(layout: TokenLayout, dims: _Dims) -> _AttentionIndex:
+def _attention_index(layout: TokenLayout, dims: LlamaDims) -> _AttentionIndex:
     """The layout's :class:`_AttentionIndex`, built once and kept on the layout for the backward."""
     if getattr(layout, "attention_index", None) is None:
         layout.attention_index = _build_attention_index(layout, dims)
     return layout.attention_index
 
 
-def _build_attention_index(layout: TokenLayout, dims: _Dims) -> _AttentionIndex:
+def _build_attention_index(layout: TokenLayout, dims: LlamaDims) -> _AttentionIndex:
     hq, hk, rep, length = dims.hq, dims.hk, dims.hq // dims.hk, layout.length
     device = layout.key_map.device
     token = layout.key_map.view(layout.rows, 1, 1, length)
@@ -210,7 +168,7 @@ def _gather_rows(t: Tensor, index: Tensor, models: int, width: int) -> Tensor:
     return t.reshape(models, -1, width).index_select(1, index)
 
 
-def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: Tensor, weights,
+def _layers_forward(dims: LlamaDims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: Tensor, weights,
                     layout: TokenLayout, outputs: Tensor | None = None):
     """The decoder layers on x (M, R, H), the tokens of ``layout``, M models stacked, each layer's weights stacked
     the same way (gain1, qkv, o, gain2, gate_up, down; see :func:`_fuse`). Attention reads the tokens
@@ -228,7 +186,7 @@ def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: 
     for i, (gain1, w_qkv, w_o, gain2, w_gate_up, w_down) in enumerate(weights):
         kept = outputs if i == len(weights) - 1 else None
         distinct = _distinct_tokens(layout) if i == 0 else None
-        normed1, r1 = normalize(x if distinct is None else x.index_select(1, distinct.first), dims.eps)
+        normed1, r1 = norm.normalize(x if distinct is None else x.index_select(1, distinct.first), dims.eps)
         a1 = normed1 * gain1
         qkv = torch.bmm(a1, w_qkv.transpose(1, 2))
         if distinct is not None:
@@ -241,7 +199,7 @@ def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: 
         att_rows = index.output if kept is None else index.output.view(tokens, hq)[kept].reshape(-1)
         att = _gather_rows(torch.bmm(probs, v), att_rows, models, d).view(models, -1, qd)
         x2 = torch.baddbmm(x if kept is None else x[:, kept], att, w_o.transpose(1, 2))
-        normed2, r2 = normalize(x2, dims.eps)
+        normed2, r2 = norm.normalize(x2, dims.eps)
         a2 = normed2 * gain2
         gate, up = torch.bmm(a2, w_gate_up.transpose(1, 2)).chunk(2, dim=-1)
         act = F.silu(gate)
@@ -252,7 +210,7 @@ def _layers_forward(dims: _Dims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: 
     return x, saved
 
 
-def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved, weights, layout: TokenLayout):
+def _layers_backward(dims: LlamaDims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved, weights, layout: TokenLayout):
     """Gradient of model 0 through :func:`_layers_forward`, from the gradient g of its last output. Returns the
     input gradient and, per layer, the gradients of (gain1, qkv, o, gain2, gate_up, down). A token's key and value
     gradients sum over every slot that reads it (a shared prompt's, over its group)."""
@@ -271,7 +229,7 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
         torch.mul(dh, act, out=d_gate_up[:, dh.shape[1] :])
         d_w_gate_up = d_gate_up.t() @ a2  # in the parameters' layout: a transposed gradient costs a copy later
         da2 = d_gate_up @ w_gate_up[0]
-        g, d_gain2 = rmsnorm.backward(da2, gain2[0, 0], normed2, r2, residual=g)
+        g, d_gain2 = norm.backward(da2, gain2[0, 0], normed2, r2, residual=g)
         # attention: x2 = x + softmax(q kᵀ/√D + bias) v @ oᵀ
         d_o = g.t() @ att
         d_att = g.new_zeros(probs.shape[0] * rep * length, d).index_copy_(0, att_rows, (g @ w_o[0]).view(-1, d))
@@ -293,9 +251,9 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
         if kept is not None:  # the residual reached only the kept tokens
             g = g.new_zeros(tokens, g.shape[1]).index_copy_(0, kept, g)
         if distinct is None:
-            g, d_gain1 = rmsnorm.backward(da1, gain1[0, 0], normed1, r1, residual=g)
+            g, d_gain1 = norm.backward(da1, gain1[0, 0], normed1, r1, residual=g)
         else:
-            d_x, d_gain1 = rmsnorm.backward(da1, gain1[0, 0], normed1, r1)
+            d_x, d_gain1 = norm.backward(da1, gain1[0, 0], normed1, r1)
             g = g.index_add_(0, distinct.first, d_x)  # g is this function's own tensor here
         grads.append((d_gain1, d_w_qkv, d_o, d_gain2, d_w_gate_up, d_down))
     return g, grads[::-1]
@@ -304,9 +262,16 @@ def _layers_backward(dims: _Dims, g: Tensor, cos: Tensor, sin_bwd: Tensor, saved
 # ----------------------------------------------------------------------------- weights
 
 
-def _fuse(params) -> list[tuple[Tensor, ...]]:
-    """:func:`layer_parameters` → per layer (gain1, qkv, o, gain2, gate_up, down) with a leading model axis of 1,
-    q, k, v and gate, up concatenated (out, in), gains shaped (1, 1, H) to broadcast."""
+def same_shape(model, reference) -> bool:
+    """Whether ``reference`` can run stacked with ``model``: a supported Llama model of the same sizes and dtype
+    (the parameter shapes follow from these)."""
+    return (reference is not None and supports(reference)
+            and llama_params(reference).shape_key() == llama_params(model).shape_key())
+
+
+def _fuse(params: list[Tensor]) -> list[tuple[Tensor, ...]]:
+    """:meth:`LlamaParams.layer_tensors` → per layer (gain1, qkv, o, gain2, gate_up, down) with a leading model
+    axis of 1, q, k, v and gate, up concatenated (out, in), gains shaped (1, 1, H) to broadcast."""
     out = []
     for i in range(0, len(params), _PER_LAYER):
         ln1, wq, wk, wv, wo, ln2, wg, wu, wd = params[i:i + _PER_LAYER]
@@ -322,7 +287,7 @@ class _PairWeights:
     policy weights the buffers hold, so a backward can tell whether they are still its own."""
 
     def __init__(self, reference):
-        self.reference_params = [t.detach() for t in layer_parameters(reference)]
+        self.reference_params = [t.detach() for t in llama_params(reference).layer_tensors()]
         fused = _fuse(self.reference_params)
         self.layers = [tuple(w.new_empty((2, *w.shape[1:])) for w in layer) for layer in fused]
         self.versions: tuple | None = None
@@ -407,18 +372,14 @@ class _Stack(torch.autograd.Function):
         return (None, None, None, None, g, None, None, *grads)
 
 
-def _last_layer(model, layout: TokenLayout, outputs: Tensor | None, reference):
+def _last_layer(params: LlamaParams, layout: TokenLayout, outputs: Tensor | None, reference: LlamaParams | None,
+                pair: _PairWeights | None):
     """Run the decoder stack over ``layout``: the last layer's output of the policy and the reference (for the
     ``outputs`` tokens only, when given)."""
-    embed = model.model.embed_tokens
-    dims = _Dims.of(model)
-    tables = _tables(model, layout, embed.weight.dtype, dims, 1 if reference is None else 2)
-    x = F.embedding(layout.token_ids, embed.weight, padding_idx=embed.padding_idx)
-    x_ref = pair = None
-    if reference is not None:
-        x_ref = F.embedding(layout.token_ids, reference.model.embed_tokens.weight.detach())
-        pair = pair_weights(reference)
-    out, ref_out = _Stack.apply(dims, tables, layout, outputs, x, x_ref, pair, *layer_parameters(model))
+    tables = _tables(params, layout, params.embed.dtype, 1 if reference is None else 2)
+    x = F.embedding(layout.token_ids, params.embed, padding_idx=params.padding_idx)
+    x_ref = None if reference is None else F.embedding(layout.token_ids, reference.embed.detach())
+    out, ref_out = _Stack.apply(params.dims, tables, layout, outputs, x, x_ref, pair, *params.layer_tensors())
     return out, ref_out if reference is not None else None
 
 
@@ -427,25 +388,27 @@ def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, prompt
     """log π(y_t | x, y_<t) of the completion tokens (B, T), 0 on padding, with gradient; the entropy of each
     next-token distribution when asked and, when ``reference`` is given (see :func:`same_shape`), the reference's
     log-probabilities, both without gradient. With ``group_size`` G > 1 the rows come in groups of G sharing a
-    prompt, which runs once (:mod:`divalign.token_layout`)."""
+    prompt, which runs once (:mod:`divalign.models.llama.layout`)."""
+    params = llama_params(model)
+    ref_params = None if reference is None else llama_params(reference)
     layout = token_layout(input_ids, attention_mask, prompt_length, group_size)
     mask = attention_mask[:, prompt_length:].bool()
     tokens = input_ids[:, prompt_length:][mask]
     # only the tokens that predict a completion token need the last layer's output
     outputs, index = torch.unique(layout.predicting[mask], return_inverse=True)
-    out, ref_out = _last_layer(model, layout, outputs, reference)
-    eps = model.config.rms_norm_eps
+    pair = None if reference is None else pair_weights(reference)
+    out, ref_out = _last_layer(params, layout, outputs, ref_params, pair)
+    eps = params.dims.eps
 
     def full(values: Tensor) -> Tensor:
         return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
-    logp, entropy = token_logprobs(out, index, tokens, model.model.norm.weight, model.lm_head.weight, eps,
-                                   temperature, with_entropy)
+    logp, entropy = token_logprobs(out, index, tokens, params.final_norm, params.head, eps, temperature, with_entropy)
     ref_logp = None
     if reference is not None:
         with torch.no_grad():
-            ref_logp = full(token_logprobs(ref_out, index, tokens, reference.model.norm.weight,
-                                           reference.lm_head.weight, eps, temperature)[0])
+            ref_logp = full(token_logprobs(ref_out, index, tokens, ref_params.final_norm, ref_params.head, eps,
+                                           temperature)[0])
     return full(logp), None if entropy is None else full(entropy), ref_logp
 
 
@@ -453,6 +416,7 @@ def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, prompt_l
                       ) -> Tensor:
     """Final-norm hidden states at the positions predicting each completion token, (B, T, hidden), with gradient
     (for a value head; :func:`completion_logprobs` when only log-probabilities are needed)."""
+    params = llama_params(model)
     layout = token_layout(input_ids, attention_mask, prompt_length, group_size)
-    out, _ = _last_layer(model, layout, None, None)
-    return llama_fast.rms_norm(out[layout.predicting], model.model.norm.weight, model.config.rms_norm_eps)
+    out, _ = _last_layer(params, layout, None, None, None)
+    return norm.rms_norm(out[layout.predicting], params.final_norm, params.dims.eps)

@@ -1,11 +1,10 @@
-"""Log-probabilities of chosen tokens, one implementation (:func:`log_softmax_at`) for every path: from logits
-(:func:`logprobs_from_logits`), and from last hidden states with the final norm and the output head as one
-autograd node.
+"""The final norm, the output head and the log-probabilities of the chosen tokens as one autograd node, for the
+written-out training pass (:mod:`divalign.models.llama.train`).
 
 A training step needs log π(y_t | ·) of the completion tokens only. :class:`_Head` computes them from the last
-hidden states, for the real completion tokens only, in one node whose backward is written out: the
-log-softmax gradient (one-hot minus softmax), the head and the RMSNorm. The entropy of each next-token
-distribution and the reference's log-probabilities come from the same softmax pass, without gradient.
+hidden states, for the real completion tokens only, in one node whose backward is written out: the log-softmax
+gradient (one-hot minus softmax), the head and the RMSNorm. The entropy of each next-token distribution and the
+reference's log-probabilities come from the same softmax pass, without gradient.
 """
 
 from __future__ import annotations
@@ -13,40 +12,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from divalign import rmsnorm
-from divalign.rmsnorm import normalize
-
-
-def log_softmax_at(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """log softmax(logits) at ``tokens`` without materialising the whole log-softmax, and the log-normaliser."""
-    log_z = torch.logsumexp(logits, dim=-1)
-    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - log_z, log_z
-
-
-def entropy_of(logits: Tensor, log_z: Tensor, probs: Tensor | None = None) -> Tensor:
-    """Entropy of softmax(logits), without gradient, given its log-normaliser (and its probabilities if at hand)."""
-    with torch.no_grad():
-        if probs is None:
-            probs = torch.exp(logits - log_z.unsqueeze(-1))
-        return log_z - (probs * logits).sum(-1)
-
-
-def logprobs_from_logits(
-    logits: Tensor, tokens: Tensor, mask: Tensor, with_entropy: bool = False
-) -> tuple[Tensor, Tensor | None]:
-    """:func:`log_softmax_at` (and the entropy when asked), 0 where ``mask`` is 0."""
-    logp, log_z = log_softmax_at(logits, tokens)
-    valid = mask.bool()
-    logp = torch.where(valid, logp, torch.zeros_like(logp))
-    entropy = None
-    if with_entropy:
-        ent = entropy_of(logits, log_z)
-        entropy = torch.where(valid, ent, torch.zeros_like(ent))
-    return logp, entropy
+from divalign.models.llama import norm
+from divalign.models.logprobs import entropy_of, log_softmax_at
 
 
 def _logits(hidden: Tensor, gain: Tensor, weight: Tensor, eps: float, temperature: float):
-    normed, r = normalize(hidden, eps)
+    normed, r = norm.normalize(hidden, eps)
     scaled = normed * gain
     logits = (scaled @ weight.t()).float()
     if temperature != 1.0:
@@ -79,7 +50,7 @@ class _Head(torch.autograd.Function):
             d_logits = d_logits / ctx.temperature
         d_logits = d_logits.to(weight.dtype)
         d_weight = d_logits.t() @ scaled
-        d_rows, d_gain = rmsnorm.backward(d_logits @ weight, gain, normed, r)
+        d_rows, d_gain = norm.backward(d_logits @ weight, gain, normed, r)
         d_hidden = d_rows.new_zeros(ctx.rows, d_rows.shape[1]).index_add_(0, index, d_rows)
         return d_hidden, None, None, d_gain, d_weight, None, None, None
 

@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: the fewest slots per attention row: torch's CPU softmax is far slower over shorter rows (the demo's attention,
-#: 1,024 × 26 rows: 3.0 ms forward and 1.2 ms backward over 13 slots, 0.56 and 0.08 ms over 16)
+from divalign.models.positions import causal_mask, position_ids
+
+#: the fewest slots per attention row: torch's CPU softmax and its backward are several times slower over shorter
+#: rows (BENCHMARKS.md, "attention rows of at least 16 slots")
 MIN_SLOTS = 16
 
 
@@ -79,16 +81,3 @@ def _running_index(mask: Tensor) -> Tensor:
     """Index of each True entry among the True entries in row-major order; 0 where False."""
     index = mask.reshape(-1).long().cumsum(0).view_as(mask) - 1
     return torch.where(mask, index, 0)
-
-
-def position_ids(attention_mask: Tensor) -> Tensor:
-    """Positions that skip left padding: the first real token of every row is position 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def causal_mask(mask: Tensor) -> Tensor:
-    """(rows, L) padding mask → (rows, L, L): causal, real keys only, and every position sees itself (so no row of
-    a softmax is empty, padded ones included)."""
-    length = mask.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
-    return (causal & mask.bool()[:, None, :]) | torch.eye(length, dtype=torch.bool, device=mask.device)

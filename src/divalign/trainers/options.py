@@ -1,0 +1,146 @@
+"""Option groups shared by the training commands, each declared once with a docstring under every field (the
+``--help`` text). A command's config inherits the groups it needs and may change their defaults by declaring a
+field again without a docstring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from divalign import objectives
+from divalign.config import OBJECTIVE_OPTIONS
+
+
+@dataclass
+class ModelOptions:
+    """The model to start from."""
+
+    model: str = ""
+    """Folder of the model to start from (Hugging Face format, with its tokenizer)."""
+    trust_remote_code: bool = False
+    """Allow model folders that ship their own modelling code."""
+
+
+@dataclass
+class ForwardOptions:
+    """How a causal LM's forward passes run (decided once per model: divalign.models.runtime)."""
+
+    fast_path: bool = True
+    """Run Llama-family models through divalign's own kernels (other models always use their Hugging Face
+    forward)."""
+
+
+@dataclass
+class CompileOptions(ForwardOptions):
+    """The fast path's forward options, for commands whose training pass can be compiled."""
+
+    compile: bool = False
+    """Compile the Llama training and scoring forward with torch.compile (slow start; see the README)."""
+
+
+@dataclass
+class RunOptions:
+    """The run folder, seed and process settings every training command has."""
+
+    output_dir: str = "runs/run"
+    """Run folder: config.yaml, metrics.jsonl, checkpoints/ and the final model/."""
+    seed: int = 0
+    """Seed of data order, sampling and initialisation."""
+    resume: bool = False
+    """Continue the run in output_dir from its latest checkpoint."""
+    save_every: int = 0
+    """Checkpoint every this many steps (0: only the final model)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default)."""
+    progress: bool = True
+    """Show a progress bar on the console."""
+
+
+@dataclass
+class OptimizerOptions:
+    """AdamW, its learning-rate schedule and gradient clipping (what divalign.trainers.optim reads)."""
+
+    learning_rate: float = 1e-5
+    """Peak learning rate of AdamW."""
+    lr_schedule: str = "constant"
+    """constant, linear or cosine (after warm-up)."""
+    warmup_steps: int = 0
+    """Linear warm-up, in optimizer steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping threshold (0 disables)."""
+
+
+@dataclass
+class BatchOptions:
+    """Batches of a dataset (SFT, reward model, offline preference training)."""
+
+    max_length: int = 256
+    """Maximum tokens of prompt + response; prompts are cut from the left, responses from the right."""
+    batch_size: int = 8
+    """Examples (rows, pairs or responses) per optimizer step."""
+    micro_batch_size: int = 0
+    """Examples per forward/backward (0: the whole batch); losses are normalised by the whole batch."""
+    epochs: float = 1.0
+    """Passes over the data (used when steps is 0)."""
+    steps: int = 0
+    """Optimizer steps (0: derived from epochs)."""
+    eval_every: int = 0
+    """Evaluate on the held-out data every this many steps (0: only at the end)."""
+
+
+@dataclass
+class DataOptions:
+    """A training file and its held-out counterpart."""
+
+    data: str = ""
+    """Training data: a file (JSONL, JSON, CSV, Parquet; data:PATH reads from the shared data folder) or, for
+    preference data, a built-in dataset (hh-rlhf:harmless-base, hh-rlhf:helpful-base, advbench)."""
+    eval_data: str = ""
+    """Optional held-out data in the same format."""
+    prompt_field: str = "prompt"
+    """Field holding the prompt."""
+
+
+@dataclass
+class PairDataOptions(DataOptions):
+    """Preference pairs: their fields, and how the held-out split is made."""
+
+    eval_fraction: float = 0.1
+    """Share of the prompts held out for evaluation when eval_data is empty (0: none)."""
+    chosen_field: str = "chosen"
+    """Field holding the preferred response."""
+    rejected_field: str = "rejected"
+    """Field holding the dispreferred response."""
+    drop_identical_pairs: bool = False
+    """Leave out pairs whose chosen and rejected are identical (with a warning) instead of stopping."""
+
+
+@dataclass
+class ObjectiveChoice:
+    """An objective from the registry (one of ``families``) and its options, given as ``--NAME.OPTION`` flags or a
+    ``NAME:`` mapping in YAML for the chosen objective only (divalign.config builds them)."""
+
+    objective: str = ""
+    """Objective to train with; its options are the flags of its own group below."""
+    objective_options: Any = field(default=None, metadata={OBJECTIVE_OPTIONS: True})
+
+    #: The objective families a command accepts (see divalign.objectives.registry).
+    families: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self):
+        chosen = objectives.get(self.objective, self.families)
+        if self.objective_options is None:
+            self.objective_options = chosen.options()
+        elif not isinstance(self.objective_options, chosen.options):
+            raise ValueError(f"options of type {type(self.objective_options).__name__} given for objective "
+                             f"'{self.objective}' (expected {chosen.options.__name__})")
+
+    @property
+    def chosen(self) -> objectives.Objective:
+        """The registered objective."""
+        return objectives.get(self.objective, self.families)
