@@ -90,3 +90,17 @@ def test_yaml_corner_cases(tmp_path):
         parse(["--fgrpo.beta", "0.2"], "fgrpo: js\n", tmp_path)
     with pytest.raises(UserError, match=r"c.yaml.fgrpo: fgrpo.level"):
         parse([], "fgrpo:\n  level: paragraph\n", tmp_path)
+
+
+def test_every_example_config_builds_for_its_command():
+    """examples/README.md names the command of each YAML file; each must build with that command's options."""
+    import re
+    from pathlib import Path
+
+    from divalign.cli import COMMANDS
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    listed = re.findall(r"`divalign (\w+) --config examples/([\w.]+)", (root / "README.md").read_text())
+    assert {name for _, name in listed} == {p.name for p in root.glob("*.yaml")}
+    for command, name in listed:
+        build(COMMANDS[command].config, read_yaml(root / name), name)

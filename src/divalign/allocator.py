@@ -4,11 +4,9 @@ PyTorch's CPU tensors come straight from ``malloc`` and go back with ``free``: t
 CPU. With glibc's defaults, blocks above its (adaptive) mmap threshold are fresh ``mmap`` pages, and free memory at
 the top of the heap beyond its trim threshold is handed back to the kernel. Both thresholds adapt, and with some
 allocation patterns they never settle: a training step that allocates and frees the same activations every
-step then pays a page fault, the kernel zero-filling the page, for each 4 KiB it touches again. Measured with
-``benchmarks/dpo_profile.py --share-prompt always [--default-allocator]`` (the speed benchmarks' DPO step with
-the prompt pass shared, 2 cores): about 780 faults and 20.0–20.6 ms per step with glibc's defaults, about one
-fault and 17.5–19.4 ms with this setting; patterns that settle by themselves are unaffected. Raising the
-thresholds keeps that memory in the process between steps.
+step then pays a page fault, the kernel zero-filling the page, for each 4 KiB it touches again (BENCHMARKS.md,
+"Figures behind choices in the code"); patterns that settle by themselves are unaffected. Raising the thresholds
+keeps that memory in the process between steps.
 
 The setting is process-wide (it also speeds up any other library in the process) and keeps up to
 ``trim_threshold`` bytes of freed memory reserved; the command line applies it to every command. Other C

@@ -19,6 +19,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import itertools
 import os
 import textwrap
 import typing
@@ -46,7 +47,7 @@ def field_docs(cls) -> dict[str, str]:
         except (OSError, TypeError):
             continue
         body = tree.body[0].body
-        for node, nxt in zip(body, body[1:]):
+        for node, nxt in itertools.pairwise(body):
             if (
                 isinstance(node, ast.AnnAssign)
                 and isinstance(node.target, ast.Name)

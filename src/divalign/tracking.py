@@ -34,7 +34,7 @@ class MetricsLog:
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)
-        self._handle = open(self.path, "a", encoding="utf-8")
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (open for the run; closed by close())
 
     def write(self, row: dict) -> None:
         self._handle.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")

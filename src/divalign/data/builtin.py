@@ -36,7 +36,7 @@ def split_by_prompt(items: list, fraction: float, seed: int) -> tuple[list, list
     """Hold out ``fraction`` of the distinct prompts (all their items go to the same side)."""
     prompts = sorted({item.prompt for item in items})
     random.Random(f"eval-split-{seed}").shuffle(prompts)
-    held = set(prompts[: int(round(fraction * len(prompts)))])
+    held = set(prompts[: round(fraction * len(prompts))])
     return [i for i in items if i.prompt not in held], [i for i in items if i.prompt in held]
 
 

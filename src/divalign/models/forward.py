@@ -125,7 +125,7 @@ def _scaled(logits: Tensor, temperature: float) -> Tensor:
 
 #: Break-even of prompt sharing, in saved prompt tokens × model parameters. Sharing adds a pass whose cost is
 #: mostly a fixed number of operations, repaid by the prompt tokens it saves, whose cost grows with the model; the
-#: measurement behind the figure is in BENCHMARKS.md ("when prompt sharing pays").
+#: measurement behind the figure is in BENCHMARKS.md ("Figures behind choices in the code").
 PROMPT_SHARING_BREAK_EVEN = 5e7
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from divalign.advantages import DistinctOptions
+from divalign.advantages.distinct import DistinctOptions
 from divalign.objectives.grpo import GRPOOptions, grpo_loss
 from divalign.objectives.interface import RolloutPlan
 from divalign.objectives.registry import register

@@ -1,5 +1,5 @@
-"""GRPO, Dr. GRPO and DAPO: one clipped-surrogate objective with three sets of defaults
-(docs/algorithms.md#grpo, #dr-grpo, #dapo).
+"""GRPO, Dr. GRPO and DAPO: one clipped-surrogate objective with three sets of defaults (docs/algorithms.md#grpo,
+docs/algorithms.md#dr-grpo, docs/algorithms.md#dapo).
 
 Per token (arXiv 2402.03300, Eq. 3 with the k3 KL estimator):
 

@@ -21,7 +21,8 @@ from typing import ClassVar
 class RolloutPlan:
     """What an online objective asks of rollout collection; everything is off by default.
 
-    See docs/algorithms.md#dapo (dynamic sampling, truncation mask, overlong shaping) and #dagrpo (anchors).
+    See docs/algorithms.md#dapo (dynamic sampling, truncation mask, overlong shaping) and docs/algorithms.md#dagrpo
+    (anchors).
     """
 
     dynamic_sampling: bool = False  #: drop groups whose rewards are all equal and sample more prompts

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import torch
 
-from divalign.advantages import GAEOptions
+from divalign.advantages.gae import GAEOptions
 from divalign.objectives import kl
 from divalign.objectives.aggregation import aggregate, token_share
 from divalign.objectives.batch import OnlineBatch

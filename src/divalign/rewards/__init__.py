@@ -78,7 +78,7 @@ class Bounded(PerSample):
             except CallTimeout:
                 print(f"divalign: warning: reward {self.name} ran over {self.timeout}s; scored 0", file=sys.stderr)
                 scores.append(0.0)
-            except Exception as exc:  # a user function's bug must not kill the run
+            except Exception as exc:  # noqa: BLE001 (a user function's bug must not kill the run)
                 print(f"divalign: warning: reward {self.name} raised {type(exc).__name__}: {exc}; scored 0",
                       file=sys.stderr)
                 scores.append(0.0)

@@ -5,8 +5,8 @@ Decoding a small model on CPU is bound by the number of tensor operations per to
 here costs 14 operations per layer (views aside):
 
 * the weights are kept transposed and contiguous with the RMSNorm gains and the attention scale folded into the
-  next product (``F.linear`` on the untransposed weight takes 1.2–1.35× as long at these shapes: 42 against
-  33 µs for the 32 × 128 × 1,024 product here);
+  next product (``F.linear`` on the untransposed weight is slower at these shapes: BENCHMARKS.md, "Figures behind
+  choices in the code");
 * the QKV product's columns come in two halves of per-key-head blocks, [its queries | its key | its value], then
   the same block with RoPE's rotate-half applied to the queries and the key (and zeros for the value), so RoPE
   is one ``addcmul`` with tables that hold cos / sin for queries and keys and 1 / 0 for values;

@@ -27,7 +27,7 @@ from torch import Tensor
 from divalign.models.positions import causal_mask, position_ids
 
 #: the fewest slots per attention row: torch's CPU softmax and its backward are several times slower over shorter
-#: rows (BENCHMARKS.md, "attention rows of at least 16 slots")
+#: rows (BENCHMARKS.md, "Figures behind choices in the code")
 MIN_SLOTS = 16
 
 

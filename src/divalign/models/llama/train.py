@@ -21,7 +21,8 @@ of the model's own parameters, so the optimizer, checkpoints and saved folders s
   (:class:`_DistinctTokens`).
 * The final norm, the output head and the log-probabilities are one more node (:mod:`divalign.models.llama.head`).
 
-Values and gradients equal the Hugging Face forward's (tests); what each piece is worth is in BENCHMARKS.md.
+Values and gradients equal the Hugging Face forward's (tests); what the pass is worth is in BENCHMARKS.md ("Figures
+behind choices in the code").
 """
 
 from __future__ import annotations

@@ -1,0 +1,64 @@
+"""Generalised advantage estimation from a value head, ``gae`` (PPO; docs/algorithms.md#advantage-estimators)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from divalign.advantages.registry import Advantages, EstimatorInputs, register
+
+
+@dataclass
+class GAEOptions:
+    """Options of generalised advantage estimation (an objective with a value head inherits them)."""
+
+    gamma: float = 1.0
+    """Discount of GAE."""
+    lam: float = 0.95
+    """lambda of GAE."""
+    whiten_advantages: bool = True
+    """Normalise advantages to mean 0, std 1 over the batch's tokens."""
+
+    def __post_init__(self):
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ValueError("gamma and lam must be in [0, 1]")
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation over completion tokens (Schulman et al., arXiv 1506.02438).
+
+    ``rewards``, ``values``, ``mask``: (B, T). δ_t = r_t + γ·V_{t+1} − V_t (V after the last real token is 0),
+    A_t = δ_t + γλ·A_{t+1}, returns R_t = A_t + V_t. Padding positions get 0.
+    """
+    rewards, values, mask = rewards * mask, values * mask, mask.to(rewards.dtype)
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    next_value = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+        next_value = values[:, t]
+    return advantages, (advantages + values) * mask
+
+
+def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """(x − mean) / std over the masked entries (PPO's advantage whitening; biased variance); padding stays 0."""
+    count = mask.sum().clamp(min=1)
+    mean = (values * mask).sum() / count
+    var = (((values - mean) * mask) ** 2).sum() / count
+    return (values - mean) * torch.rsqrt(var + eps) * mask
+
+
+@register("gae", options=GAEOptions, needs_values=True)
+def generalised(inputs: EstimatorInputs, options: GAEOptions) -> Advantages:
+    """Per-token GAE from the value head: the KL penalty on every token, the reward at the last real token."""
+    token_rewards = torch.zeros_like(inputs.values) if inputs.kl is None else -inputs.kl_coef * inputs.kl
+    last = (inputs.mask.sum(-1).long() - 1).clamp(min=0)
+    token_rewards[torch.arange(len(inputs.rewards)), last] += inputs.rewards
+    adv, returns = gae(token_rewards, inputs.values, inputs.mask, options.gamma, options.lam)
+    if options.whiten_advantages:
+        adv = whiten(adv, inputs.mask)
+    return Advantages(torch.zeros_like(inputs.rewards), adv, returns)

@@ -1,0 +1,48 @@
+"""Group-relative advantages: GRPO's normalised ``group`` and Dr. GRPO's centred ``group_mean``
+(docs/algorithms.md#advantage-estimators)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from divalign.advantages.registry import Advantages, EstimatorInputs, register
+from divalign.groups import group_mean
+
+#: Added to the group standard deviation before dividing (as TRL does), so near-constant groups stay finite.
+STD_EPS = 1e-4
+#: Relative spread below which a group's rewards count as equal (float rounding of the mean is ~1e-7).
+EQUAL_TOLERANCE = 1e-6
+
+
+def group_normalized(rewards: Tensor, group_ids: Tensor, num_groups: int, scale: bool = True) -> Tensor:
+    """GRPO (arXiv 2402.03300): a_i = (r_i − mean_g(r)) / (std_g(r) + 1e-4).
+
+    The standard deviation is the population one (divide by G), so with G = 2 and binary rewards the
+    advantages are ±1 (TRL uses the sample std, a factor √((G−1)/G) apart). ``scale=False`` gives the
+    Dr. GRPO advantage r_i − mean_g(r) (arXiv 2503.20783). A group whose rewards are all equal gets zeros.
+    """
+    mean = group_mean(rewards, group_ids, num_groups)[group_ids]
+    centered = rewards - mean
+    std = group_mean(centered * centered, group_ids, num_groups).sqrt()[group_ids]
+    # A group whose rewards are equal up to rounding of the mean carries no signal: exactly zero, not ±1e-4.
+    centered = torch.where(std > EQUAL_TOLERANCE * (1 + mean.abs()), centered, torch.zeros_like(centered))
+    return centered / (std + STD_EPS) if scale else centered
+
+
+def group_std(rewards: Tensor, group_ids: Tensor, num_groups: int) -> Tensor:
+    """Each row's group standard deviation of the rewards (population, divide by G)."""
+    centered = rewards - group_mean(rewards, group_ids, num_groups)[group_ids]
+    return group_mean(centered * centered, group_ids, num_groups).sqrt()[group_ids]
+
+
+@register("group")
+def group(inputs: EstimatorInputs, options) -> Advantages:
+    """Group-normalised (GRPO)."""
+    return Advantages(group_normalized(inputs.sequence_rewards(), inputs.group_ids, inputs.num_groups))
+
+
+@register("group_mean")
+def centred(inputs: EstimatorInputs, options) -> Advantages:
+    """Group-centred, no std division (Dr. GRPO)."""
+    return Advantages(group_normalized(inputs.sequence_rewards(), inputs.group_ids, inputs.num_groups, scale=False))
