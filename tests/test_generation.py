@@ -4,6 +4,7 @@ import torch
 from divalign.charlm import build_char_tokenizer, tiny_llama
 from divalign.generation import HFDecoder, Sampler, left_pad, make_sampler, sample_next
 from divalign.models import completion_logprobs, load_causal_lm
+from divalign.models.llama import llama_params
 from divalign.models.llama.decoder import LlamaDecoder
 
 PROMPTS = ["12+3=", "1+1=", "45-67=", "9="]
@@ -49,7 +50,7 @@ def test_fast_sampler_follows_hf_over_steps_for_every_head_grouping(heads, kv_he
                        num_kv_heads=kv_heads)
     model.eval()
     padded, mask = left_pad(encode(tok, PROMPTS), tok.pad_token_id)
-    fast, generic = LlamaDecoder(model), HFDecoder(model)
+    fast, generic = LlamaDecoder(llama_params(model)), HFDecoder(model)
     with torch.no_grad():
         state_f, logits_f = fast.prefill(padded, mask, 6)
         state_h, logits_h = generic.prefill(padded, mask, 6)

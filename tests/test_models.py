@@ -262,6 +262,8 @@ def test_the_forward_path_is_decided_once_per_model_and_kept_by_its_copies(tiny_
     model, tok = load_causal_lm(tiny_model_dir)
     assert runtime_of(model).lean and not runtime_of(model).compiled
     assert isinstance(make_sampler(model, tok).decoder, LlamaDecoder)
+    copy = frozen_copy(model)  # a copy's kernels read the copy's own parameters
+    assert runtime_of(copy).llama.embed is copy.model.embed_tokens.weight is not model.model.embed_tokens.weight
     generic, _ = load_causal_lm(tiny_model_dir, fast_path=False)
     assert not runtime_of(generic).lean and not runtime_of(frozen_copy(generic)).lean
     assert isinstance(make_sampler(generic, tok).decoder, HFDecoder)

@@ -10,7 +10,8 @@ from divalign.models.llama.decoder import LlamaDecoder
 def make_sampler(model, tokenizer) -> Sampler:
     """A sampler for ``model``, with the Llama decoder when the model runs the fast path
     (:func:`divalign.models.runtime_of`)."""
-    decoder = LlamaDecoder(model) if runtime_of(model).lean else HFDecoder(model)
+    runtime = runtime_of(model)
+    decoder = LlamaDecoder(runtime.llama) if runtime.lean else HFDecoder(model)
     return Sampler(model, tokenizer, decoder)
 
 

@@ -79,19 +79,21 @@ def completion_forward(
         if not share_prompt:
             group_size = 1  # one pass over whole rows
     if written_out and not with_hidden:
-        stacked = reference if train.same_shape(model, reference) else None
+        ref_params = None if reference is None else runtime_of(reference).llama
+        stacked = ref_params if train.same_shape(runtime.llama, ref_params) else None
         logp, entropy, ref_logp = train.completion_logprobs(
-            model, batch.input_ids, batch.attention_mask, prompt_len, group_size, stacked, temperature, with_entropy)
+            runtime.llama, batch.input_ids, batch.attention_mask, prompt_len, group_size, stacked, temperature,
+            with_entropy)
         if reference is not None and ref_logp is None:
             ref_logp = _reference_logprobs(reference, batch, temperature, group_size)
         return CompletionOutput(logp, entropy, None, ref_logp)
     hidden = None
     if written_out:
-        hidden = train.completion_hidden(model, batch.input_ids, batch.attention_mask, prompt_len, group_size)
+        hidden = train.completion_hidden(runtime.llama, batch.input_ids, batch.attention_mask, prompt_len, group_size)
         logits = model.lm_head(hidden)
     elif runtime.lean:
         forward = functional.compiled_completion_hidden() if runtime.compiled else functional.completion_hidden
-        hidden, w = forward(model, batch.input_ids, batch.attention_mask, prompt_len, group_size)
+        hidden, w = forward(runtime.llama, batch.input_ids, batch.attention_mask, prompt_len, group_size)
         logits = functional.logits_of(hidden, w)
     elif group_size > 1 and tokens.shape[1] > 0:
         logits, hidden = _shared_prompt_logits(model, batch, group_size, with_hidden)
@@ -178,8 +180,9 @@ def segment_logprobs(model, input_ids: Tensor, segment_ids: Tensor) -> Tensor:
     """
     positions = segment_positions(segment_ids)
     allowed = segment_mask(segment_ids)
-    if runtime_of(model).lean:
-        logits = functional.packed_logits(model, input_ids, positions, allowed)
+    runtime = runtime_of(model)
+    if runtime.lean:
+        logits = functional.packed_logits(runtime.llama, input_ids, positions, allowed)
     else:
         logits = model(
             input_ids=input_ids, attention_mask=allowed.unsqueeze(1), position_ids=positions, use_cache=False

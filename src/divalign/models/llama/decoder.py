@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from divalign.models.llama.norm import rms_norm
-from divalign.models.llama.weights import llama_params, rope_table
+from divalign.models.llama.weights import LlamaParams, rope_table
 from divalign.models.positions import causal_mask, position_ids
 
 
@@ -47,11 +47,10 @@ class _Layer:
 
 class LlamaDecoder:
     """``prefill``, ``step``, ``repeat`` and ``refresh`` of :class:`divalign.generation.decode.Decoder` for a Llama
-    model."""
+    model, given its parameters."""
 
-    def __init__(self, model):
-        self.model = model
-        params = llama_params(model)
+    def __init__(self, params: LlamaParams):
+        self.params = params
         dims = params.dims
         self.hq, self.hk, self.d = dims.hq, dims.hk, dims.d
         self.rep, self.eps, self.intermediate = dims.rep, dims.eps, dims.intermediate
@@ -76,7 +75,7 @@ class LlamaDecoder:
     @torch.no_grad()
     def refresh(self) -> None:
         """Rewrite the folded copies from the model's current weights (after every optimizer step)."""
-        params, half = llama_params(self.model), self.d // 2
+        params, half = self.params, self.d // 2
         for layer, p in zip(self.layers, params.layers):
             gain = p.attn_norm.view(-1, 1, 1, 1)
             plain, rotated = (self._blocks(part) for part in layer.qkv.chunk(2, dim=1))
@@ -101,8 +100,7 @@ class LlamaDecoder:
         """cos and sin of positions < ``length`` over the W plain columns: per block, cos / sin for the queries
         and the key, 1 / 0 for the value."""
         if length > self._rope_length:
-            params = llama_params(self.model)
-            cos, sin = rope_table(params.inv_freq, params.rope_scale, self.embed.dtype, length, device)
+            cos, sin = rope_table(self.params.inv_freq, self.params.rope_scale, self.embed.dtype, length, device)
             tables = []
             for table, value_part in ((cos, 1.0), (sin, 0.0)):
                 block = torch.cat([table.repeat(1, self.rep + 1), torch.full_like(table, value_part)], dim=1)

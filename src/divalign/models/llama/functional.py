@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from divalign.models.llama.norm import rms_norm
-from divalign.models.llama.weights import LlamaDims, llama_params, rope_table
+from divalign.models.llama.weights import LlamaDims, LlamaParams, rope_table
 from divalign.models.positions import causal_mask, position_ids
 
 
@@ -49,9 +49,8 @@ class Weights:
     padding_idx: int | None  #: the embedding's padding index (its row gets no gradient, as in nn.Embedding)
 
 
-def weights(model) -> Weights:
-    """Differentiable views of the parameters of ``model`` arranged for this module."""
-    params = llama_params(model)
+def weights(params: LlamaParams) -> Weights:
+    """Differentiable views of a model's parameters arranged for this module."""
     layers = [Layer(attn_gain=p.attn_norm, wqkv=torch.cat([p.q, p.k, p.v]).t(), wo=p.o.t(), mlp_gain=p.mlp_norm,
                     w_gate_up=torch.cat([p.gate, p.up]).t(), w_down=p.down.t()) for p in params.layers]
     return Weights(params.dims, params.embed, params.final_norm, params.head.t(), layers, params.inv_freq.float(),
@@ -133,9 +132,9 @@ def forward_segment(
     return x, kv
 
 
-def packed_logits(model, input_ids: Tensor, positions: Tensor, allowed: Tensor) -> Tensor:
+def packed_logits(params: LlamaParams, input_ids: Tensor, positions: Tensor, allowed: Tensor) -> Tensor:
     """Logits of every position of rows with explicit positions and (n, L, L) attention mask."""
-    w = weights(model)
+    w = weights(params)
     cos_t, sin_t = rope_tables(w, int(positions.max()) + 1, input_ids.device)
     hidden, _ = forward_segment(
         w, input_ids, torch.ones_like(positions), cos_t, sin_t, positions=positions, allowed=allowed
@@ -146,19 +145,19 @@ def packed_logits(model, input_ids: Tensor, positions: Tensor, allowed: Tensor) 
 @functools.cache
 def compiled_completion_hidden():
     """:func:`completion_hidden` through ``torch.compile`` with dynamic shapes (one compiled function per process,
-    specialised by torch per model and for grad / no-grad). The first calls compile (tens of seconds on CPU);
+    specialised by torch per model's parameters and for grad / no-grad). The first calls compile (tens of seconds on CPU);
     later calls save part of the per-operation overhead. ``cpp_wrapper`` launches the compiled graph's kernels
     from C++ rather than Python."""
     return torch.compile(completion_hidden, dynamic=True, options={"cpp_wrapper": True})
 
 
 def completion_hidden(
-    model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1
+    params: LlamaParams, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1
 ) -> tuple[Tensor, Weights]:
     """Final-norm hidden states at the positions that predict each completion token, (B, T, hidden), for prompts
     of ``prompt_length`` columns followed by completions; with ``group_size`` G the rows come in groups of G
     sharing one prompt, run once. Also returns the weights, for :func:`logits_of`."""
-    w = weights(model)
+    w = weights(params)
     total = input_ids.shape[1]
     cos_t, sin_t = rope_tables(w, total + 1, input_ids.device)
     if group_size == 1:

@@ -37,7 +37,7 @@ from torch import Tensor
 from divalign.models.llama import norm
 from divalign.models.llama.head import token_logprobs
 from divalign.models.llama.layout import TokenLayout, token_layout
-from divalign.models.llama.weights import LlamaDims, LlamaParams, llama_params, rope_table, supports
+from divalign.models.llama.weights import LlamaDims, LlamaParams, rope_table
 
 #: per layer, in the order of :meth:`LayerParams.tensors`: attention norm gain, q, k, v, o, MLP norm gain, gate, up,
 #: down
@@ -263,11 +263,10 @@ def _layers_backward(dims: LlamaDims, g: Tensor, cos: Tensor, sin_bwd: Tensor, s
 # ----------------------------------------------------------------------------- weights
 
 
-def same_shape(model, reference) -> bool:
-    """Whether ``reference`` can run stacked with ``model``: a supported Llama model of the same sizes and dtype
-    (the parameter shapes follow from these)."""
-    return (reference is not None and supports(reference)
-            and llama_params(reference).shape_key() == llama_params(model).shape_key())
+def same_shape(params: LlamaParams, reference: LlamaParams | None) -> bool:
+    """Whether a model of ``reference`` parameters can run stacked with one of ``params``: the same sizes and
+    dtype (the parameter shapes follow from these)."""
+    return reference is not None and reference.shape_key() == params.shape_key()
 
 
 def _fuse(params: list[Tensor]) -> list[tuple[Tensor, ...]]:
@@ -287,8 +286,8 @@ class _PairWeights:
     the policy's on every forward, straight into its half (no stacking pass). ``owner`` names the forward whose
     policy weights the buffers hold, so a backward can tell whether they are still its own."""
 
-    def __init__(self, reference):
-        self.reference_params = [t.detach() for t in llama_params(reference).layer_tensors()]
+    def __init__(self, reference: LlamaParams):
+        self.reference_params = [t.detach() for t in reference.layer_tensors()]
         fused = _fuse(self.reference_params)
         self.layers = [tuple(w.new_empty((2, *w.shape[1:])) for w in layer) for layer in fused]
         self.versions: tuple | None = None
@@ -321,7 +320,7 @@ class _PairWeights:
 _pair_weights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def pair_weights(reference) -> _PairWeights:
+def pair_weights(reference: LlamaParams) -> _PairWeights:
     if reference not in _pair_weights:
         _pair_weights[reference] = _PairWeights(reference)
     return _pair_weights[reference]
@@ -384,14 +383,14 @@ def _last_layer(params: LlamaParams, layout: TokenLayout, outputs: Tensor | None
     return out, ref_out if reference is not None else None
 
 
-def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1,
-                        reference=None, temperature: float = 1.0, with_entropy: bool = False):
+def completion_logprobs(params: LlamaParams, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
+                        group_size: int = 1, reference: LlamaParams | None = None, temperature: float = 1.0,
+                        with_entropy: bool = False):
     """log π(y_t | x, y_<t) of the completion tokens (B, T), 0 on padding, with gradient; the entropy of each
     next-token distribution when asked and, when ``reference`` is given (see :func:`same_shape`), the reference's
     log-probabilities, both without gradient. With ``group_size`` G > 1 the rows come in groups of G sharing a
     prompt, which runs once (:mod:`divalign.models.llama.layout`)."""
-    params = llama_params(model)
-    ref_params = None if reference is None else llama_params(reference)
+    ref_params = reference
     layout = token_layout(input_ids, attention_mask, prompt_length, group_size)
     mask = attention_mask[:, prompt_length:].bool()
     tokens = input_ids[:, prompt_length:][mask]
@@ -413,11 +412,10 @@ def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, prompt
     return full(logp), None if entropy is None else full(entropy), ref_logp
 
 
-def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int = 1
-                      ) -> Tensor:
+def completion_hidden(params: LlamaParams, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
+                      group_size: int = 1) -> Tensor:
     """Final-norm hidden states at the positions predicting each completion token, (B, T, hidden), with gradient
     (for a value head; :func:`completion_logprobs` when only log-probabilities are needed)."""
-    params = llama_params(model)
     layout = token_layout(input_ids, attention_mask, prompt_length, group_size)
     out, _ = _last_layer(params, layout, None, None, None)
     return norm.rms_norm(out[layout.predicting], params.final_norm, params.dims.eps)

@@ -1,5 +1,6 @@
 """The one reader of a Hugging Face Llama model: which models the fast path covers, their sizes, and their
-parameters by role (every other module of the fast path reads the model through :func:`llama_params`)."""
+parameters by role (:func:`llama_params`, read once per model by :func:`divalign.models.runtime.configure`; every
+kernel of the fast path takes what it returns, never the Hugging Face model)."""
 
 from __future__ import annotations
 
@@ -70,8 +71,11 @@ class LayerParams:
         return [self.attn_norm, self.q, self.k, self.v, self.o, self.mlp_norm, self.gate, self.up, self.down]
 
 
-@dataclass
+@dataclass(eq=False)
 class LlamaParams:
+    """A Llama model's parameters by role, read once per model (:func:`divalign.models.runtime.configure`); the
+    fast path's kernels take this, never the Hugging Face model."""
+
     dims: LlamaDims
     embed: Tensor  #: (V, H)
     layers: list[LayerParams]
