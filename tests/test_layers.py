@@ -13,7 +13,8 @@ PACKAGE = Path(divalign.__file__).parent
 #: below it.
 LAYERS = [
     ("groups", "divergences", "advantages", "objectives"),  # the maths: torch and each other only
-    ("errors", "paths", "allocator", "tracking", "plots"),
+    ("errors", "paths", "allocator", "tracking", "plots", "sandbox"),
+    ("verifiers",),
     ("data",),
     ("models",),
     ("generation", "checkpoint"),

@@ -11,9 +11,10 @@ from divalign import advantages, objectives
 from divalign.config import build
 from divalign.data.preferences import Unpaired
 from divalign.data.prompts import DatasetPrompts, Example
+from divalign.errors import RunFailed
 from divalign.models import frozen_copy, load_causal_lm
 from divalign.objectives import UnpairedBatch, make_batch
-from divalign.rewards import PerSample, get, overlong_penalty
+from divalign.rewards import PerSample, RewardOptions, get, overlong_penalty
 from divalign.trainers.online import OnlineTrainer, RLConfig
 
 
@@ -129,11 +130,16 @@ def test_overlong_penalty_and_weighted_rewards(tmp_path, monkeypatch):
         "def slow(completion, answer):\n    time.sleep(5)\n    return 1.0\n"
         "def length(completion, answer):\n    return len(completion)\n"
         "def broken(completion, answer):\n    raise KeyError('x')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # the current directory is importable, in this process and in the workers
     reward = get("0.5*exact + 2*slow_reward:length")
-    assert reward(["p", "p"], ["42", "4"], ["42", "42"]) == [0.5 + 4.0, 2.0]
-    assert get("slow_reward:slow", timeout=0.2)(["p"], ["x"], [""]) == [0.0]
-    assert get("slow_reward:broken")(["p"], ["x"], [""]) == [0.0]
+    assert reward(["p", "p"], ["42", "4"], ["42", "42"]) == [0.5 + 4.0, 2.0] and reward.failures == 0
+    lenient = RewardOptions(reward_timeout=0.5, reward_workers=2, reward_max_failures=1.0)
+    slow = get("slow_reward:slow", lenient)
+    assert slow(["p"], ["x"], [""]) == [0.0] and slow.failures == 1  # killed at the timeout, scored 0, counted
+    broken = get("slow_reward:broken", lenient)
+    assert broken(["p", "p"], ["x", "y"], ["", ""]) == [0.0, 0.0] and broken.failures == 2
+    with pytest.raises(RunFailed, match="slow_reward:broken: 2 of 2 calls failed .*raised KeyError"):
+        get("slow_reward:broken", RewardOptions(reward_max_failures=0.5))(["p", "p"], ["x", "y"], ["", ""])
 
 
 def digits(completion, answer):

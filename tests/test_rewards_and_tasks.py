@@ -6,7 +6,7 @@ import pytest
 from divalign.data.prompts import DatasetPrompts, Example, read_prompt_file
 from divalign.errors import UserError
 from divalign.eval.passk import pass_at_k
-from divalign.rewards.numeric import exact_reward, extract_number, numeric_reward
+from divalign.verifiers.numeric import exact_reward, extract_number, numeric_reward
 from divalign.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 
 

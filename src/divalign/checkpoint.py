@@ -3,28 +3,36 @@
 A checkpoint is written into a hidden temporary folder next to its final place, flushed to disk, and only then
 renamed into place; the ``latest`` pointer is replaced atomically afterwards. A crash at any moment therefore
 leaves either the previous checkpoint or the new one, complete, and never a half-written folder that resume
-could pick up. Leftover temporary folders are removed on the next resume.
+could pick up. Leftover temporary folders (of checkpoints, and of a final model whose writing was cut short) are
+removed on the next resume.
 
 A checkpoint holds the policy in the Hugging Face format (``model/``) and ``trainer_state.pt``: step, optimizer,
 scheduler and RNG states. Batches and sampling seeds are pure functions of (seed, step), so this is all a run
-needs to continue bit for bit.
+needs to continue bit for bit. Resume reads files a user hands over, so it runs no code from them: the trainer
+state loads with torch's restricted unpickler (tensors, numbers, strings and containers only), and the ``latest``
+pointer must name a checkpoint folder of the run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import re
 import shutil
 from pathlib import Path
 
 import torch
 
+from divalign.errors import UserError
 from divalign.models import save_model
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "trainer_state.pt"
 _TMP_PREFIX = ".tmp-"
+#: The names of checkpoint folders, as :func:`save_checkpoint` writes them.
+CHECKPOINT_NAME = re.compile(r"step-\d{8}")
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -93,19 +101,37 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, tokenizer, sta
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint of a run (after removing leftovers of interrupted writes)."""
-    root = Path(run_dir) / CHECKPOINTS
+    run_dir = Path(run_dir)
+    remove_leftovers(run_dir)
+    root = run_dir / CHECKPOINTS
     if not root.exists():
         return None
-    for leftover in root.glob(f"{_TMP_PREFIX}*"):
-        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+    remove_leftovers(root)
     pointer = root / LATEST
     if pointer.exists():
-        named = root / pointer.read_text().strip()
-        if (named / STATE_FILE).exists():
-            return named
-    complete = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).exists())
+        name = pointer.read_text().strip()
+        if not CHECKPOINT_NAME.fullmatch(name):
+            raise UserError(f"{pointer}: names '{name}', which is not a checkpoint folder of this run (expected "
+                            "step-NNNNNNNN inside its checkpoints/)")
+        if (root / name / STATE_FILE).exists():
+            return root / name
+    complete = sorted(p for p in root.glob("step-*") if CHECKPOINT_NAME.fullmatch(p.name) and (p / STATE_FILE).exists())
     return complete[-1] if complete else None
 
 
+def remove_leftovers(folder: Path) -> None:
+    """Remove the temporary files and folders interrupted writes left in ``folder``."""
+    for leftover in folder.glob(f"{_TMP_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
 def load_state(checkpoint: Path) -> dict:
-    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+    """The trainer state of a checkpoint, through torch's restricted unpickler: a file holding anything but
+    tensors, numbers, strings and containers is refused, and nothing in it runs."""
+    path = checkpoint / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: refused: not a trainer state divalign wrote (it holds objects other than tensors, "
+                        f"numbers and containers, or is damaged: {reason[:200]})") from None

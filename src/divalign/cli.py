@@ -1,7 +1,8 @@
 """The ``divalign`` command line.
 
 Every subcommand takes its options as flags and/or a YAML file (``--config``); flags win. A user's mistake
-(missing file, bad field, unknown name) prints one line ``divalign: error: …`` and exits with code 2.
+(missing file, bad field, unknown name) prints one line ``divalign: error: …`` and exits with code 2, a run that
+cannot go on (it diverged, its reward keeps failing) one line and exit code 1.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from divalign.commands import demo, preference, rl, rm, sft
 from divalign.commands import eval as evaluation
 from divalign.commands.common import CONFIG_FILE
 from divalign.config import add_arguments, from_args
-from divalign.errors import UserError
+from divalign.errors import RunFailed, UserError
 from divalign.report import ReportConfig, write_report
 from divalign.trainers.online import RLConfig
 from divalign.trainers.preference import PreferenceConfig
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"divalign: error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        print(f"divalign: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("divalign: interrupted", file=sys.stderr)
         return 130

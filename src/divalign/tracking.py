@@ -1,4 +1,5 @@
-"""Metrics: one JSON object per step appended to ``metrics.jsonl`` in the run folder, and a console progress bar."""
+"""What a run reports: one JSON object per step appended to ``metrics.jsonl`` in the run folder, a console progress
+bar, and warnings on the console."""
 
 from __future__ import annotations
 
@@ -55,3 +56,8 @@ def progress(total: int, initial: int = 0, desc: str = "", enabled: bool = True)
     return tqdm(
         total=total, initial=initial, desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True, leave=False
     )
+
+
+def warn(message: str) -> None:
+    """One warning line on the console (stderr)."""
+    print(f"divalign: warning: {message}", file=sys.stderr)

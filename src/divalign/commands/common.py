@@ -64,7 +64,7 @@ def run_training(trainer, run: Run, config, total_steps: int, postfix_keys: tupl
     extra = {"postfix_keys": postfix_keys} if postfix_keys else {}
     return run_steps(trainer, run.folder, total_steps, start_step=start, save_every=config.save_every,
                      keep_checkpoints=config.keep_checkpoints, show_progress=config.progress,
-                     resumed=config.resume, **extra)
+                     resumed=config.resume, max_consecutive_skips=config.max_consecutive_skips, **extra)
 
 
 def configure_cpu(threads: int) -> None:

@@ -30,6 +30,7 @@ from divalign.eval.safety.judge import train_and_score
 from divalign.eval.safety.suite import run_safety
 from divalign.eval.separation import last_token_states, separation
 from divalign.models import load_causal_lm
+from divalign.rewards import RewardOptions
 from divalign.tasks.arithmetic import ArithmeticTask
 
 RESULTS = "results.json"
@@ -38,7 +39,7 @@ FAMILIES = ("gptfuzzer", "gptfuzzer-short", "autodan", "autodan-population")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(RewardOptions):
     """Evaluate a model folder: task accuracy, reward, KL, perplexity, lengths, win rate, safety, calibration,
     separation. Each section runs when its options are given."""
 
@@ -55,7 +56,7 @@ class EvalConfig:
     answer_field: str = "answer"
     """Answer field of the task file."""
     task_reward: str = "numeric"
-    """Reward that decides correctness for a task file: numeric, exact or module:function."""
+    """Reward that decides correctness for a task file: numeric, exact, math or module:function."""
     task_limit: int = 200
     """How many task problems to evaluate."""
     pass_k: int = 8
@@ -67,7 +68,8 @@ class EvalConfig:
     prompts_limit: int = 100
     """How many prompts to use from --prompts."""
     reward: str = ""
-    """Mean reward of the responses to --prompts: rm:FOLDER, numeric, exact or module:function."""
+    """Mean reward of the responses to --prompts (scored against answer_field when the file has it): rm:FOLDER,
+    numeric, exact, math or module:function."""
     reference: str = ""
     """Reference model folder: KL(model || reference) on sampled responses to --prompts."""
     kl_samples: int = 4
@@ -122,6 +124,17 @@ def _texts(path: str, field: str, limit: int) -> list[str]:
     return [r.data[field] for r in records]
 
 
+def _answers(config: EvalConfig, count: int) -> list[str]:
+    """The gold answers of --prompts (its answer_field), or empty strings when the file has none."""
+    if config.prompts == "hh-rlhf:helpful":
+        return [""] * count
+    records = read_records(config.prompts)[:count]
+    if not all(config.answer_field in r.data for r in records):
+        return [""] * count
+    require_fields(records, {config.answer_field: (str, int, float)})
+    return [str(r.data[config.answer_field]) for r in records]
+
+
 def validate(config: EvalConfig) -> None:
     if not config.model:
         raise UserError("no model: give --model FOLDER")
@@ -174,9 +187,9 @@ def run(config: EvalConfig) -> dict:
         answers = generate(model, tokenizer, prompts, greedy, desc="responses", **common)
         section("lengths", lambda: length_stats([a["tokens"] for a in answers], [a["truncated"] for a in answers]))
         if config.reward:
-            scorer = rewards.get(config.reward)
+            scorer, gold = rewards.get(config.reward, config), _answers(config, len(prompts))
             section("reward", lambda: {"reward_mean": sum(scorer(prompts, [a["response"] for a in answers],
-                                                                 [""] * len(prompts))) / len(prompts)})
+                                                                 gold)) / len(prompts)})
         if config.reference:
             section("kl", lambda: _kl(model, tokenizer, prompts, config))
         if config.model_b:
@@ -199,7 +212,7 @@ def _task(config: EvalConfig):
         task = ArithmeticTask()
         return task.eval_set(config.task_limit), task.reward
     examples = read_prompt_file(config.task, config.prompt_field, config.answer_field)[: config.task_limit]
-    return examples, rewards.get(config.task_reward)
+    return examples, rewards.get(config.task_reward, config)
 
 
 def _calibration(model, tokenizer, examples, reward_fn, config, out: Path) -> dict:

@@ -19,19 +19,23 @@ TASKS = ("arithmetic",)
 
 
 def prompt_source(config: RLConfig):
-    """(prompt source, reward) from --task or --prompts."""
+    """The prompt source of --task or --prompts."""
     if config.task and config.prompts:
         raise UserError("give either --task or --prompts, not both")
     if config.task:
         if config.task not in TASKS:
             raise UserError(f"unknown task '{config.task}' (expected one of: {', '.join(TASKS)})")
-        task = ArithmeticTask(config.arithmetic)
-        reward = rewards.get(config.reward, config.reward_timeout) if config.reward else task.reward
-        return TaskPrompts(task, config.seed), reward
+        return TaskPrompts(ArithmeticTask(config.arithmetic), config.seed)
     if not config.prompts:
         raise UserError("no prompts: give --task arithmetic or --prompts FILE")
-    examples = read_prompt_file(config.prompts, config.prompt_field, config.answer_field)
-    return DatasetPrompts(examples, config.seed), rewards.get(config.reward or "numeric", config.reward_timeout)
+    return DatasetPrompts(read_prompt_file(config.prompts, config.prompt_field, config.answer_field), config.seed)
+
+
+def reward_of(config: RLConfig, source) -> rewards.Reward:
+    """The reward of --reward, else the task's own, else numeric."""
+    if not config.reward and isinstance(source, TaskPrompts):
+        return source.task.reward
+    return rewards.get(config.reward or "numeric", config)
 
 
 def validate(config: RLConfig) -> None:
@@ -59,9 +63,10 @@ def preference_items(config: RLConfig) -> list[Unpaired] | None:
 
 def run(config: RLConfig) -> list[dict]:
     validate(config)
-    source, reward_fn = prompt_source(config)
+    source = prompt_source(config)
     preference = preference_items(config)
     run = prepare_run(config)
+    reward_fn = reward_of(config, source)
     load = functools.partial(load_causal_lm, trust_remote_code=config.trust_remote_code)
     policy, tokenizer = load(run.model_path(config.model))
     reference = None

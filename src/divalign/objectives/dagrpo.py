@@ -9,7 +9,7 @@ pluggable parts with these choices:
    fine-grained score s — |s_i − s_j| ≥ τ (``threshold``) — so near-identical responses no longer pull against
    each other (:func:`divalign.advantages.distinct_pairs`; the result is divided by the group's reward std like
    GRPO). The default score is cheap partial credit (``score="partial"``,
-   :func:`divalign.rewards.partial.partial_credit`: closeness of the final number to the answer, or string
+   :func:`divalign.verifiers.partial.partial_credit`: closeness of the final number to the answer, or string
    similarity when not numeric); any reward spec works instead, e.g. ``rm:FOLDER`` for a reward model — the
    paper used an LLM judge. With binary rewards a pair of equal reward contributes nothing either way; masking
    matters when two responses of different reward are nearly the same (e.g. 41 and 42 for the answer 42).

@@ -10,18 +10,26 @@ import torch
 from divalign.data.encoding import encode_texts
 from divalign.errors import UserError
 from divalign.models import load_reward_model, sequence_scores
+from divalign.rewards.base import Reward
 
 
-class RewardModelScorer:
+class RewardModelScorer(Reward):
     """Scores with an ``AutoModelForSequenceClassification`` folder of one label (as ``divalign rm`` saves).
 
-    Inputs are cut to ``max_length`` tokens as in training (256, ``divalign rm``'s default).
+    Inputs are cut to ``max_length`` tokens as in training (256, ``divalign rm``'s default). It reads no gold
+    answer.
     """
 
+    needs_answers = False
+
     def __init__(self, folder: str, max_length: int = 256, batch_size: int = 64):
+        self.name = f"rm:{folder}"
         config = Path(folder) / "config.json"
         if config.exists():
-            archs = json.loads(config.read_text()).get("architectures") or []
+            try:
+                archs = json.loads(config.read_text()).get("architectures") or []
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+                raise UserError(f"{config}: invalid JSON ({exc})") from None
             if not any(a.endswith("ForSequenceClassification") for a in archs):
                 raise UserError(
                     f"'{folder}' is not a reward model (config.json architectures {archs}; expected a "
@@ -32,7 +40,7 @@ class RewardModelScorer:
         self.max_length, self.batch_size = max_length, batch_size
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], completions: list[str], answers: list[str] | None = None) -> list[float]:
+    def score(self, prompts: list[str], completions: list[str], answers: list[str] | None = None) -> list[float]:
         out = []
         for start in range(0, len(prompts), self.batch_size):
             ids, mask = encode_texts(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from divalign.data.prompts import Example
 from divalign.errors import UserError
 from divalign.rewards import PerSample
-from divalign.rewards.numeric import exact_reward
+from divalign.verifiers import exact_reward
 
 
 @dataclass

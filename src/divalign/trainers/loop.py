@@ -9,9 +9,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import torch
+
 from divalign.checkpoint import atomic_directory, latest_checkpoint, load_state, save_checkpoint
+from divalign.errors import RunFailed
 from divalign.models import save_model
 from divalign.tracking import MetricsLog, progress
+from divalign.trainers.health import RunWatch
 
 FINAL_MODEL = "model"
 
@@ -70,25 +74,36 @@ def run_steps(
     resumed: bool = False,
     postfix_keys: tuple[str, ...] = ("reward_mean", "kl"),
     max_seconds: float | None = None,
+    max_consecutive_skips: int = 3,
 ) -> list[dict]:
     """Run ``trainer.step`` from ``start_step`` to ``total_steps`` (or until ``max_seconds`` of training time);
     log, checkpoint, save the final model. With ``resumed`` the metrics log first drops rows after
-    ``start_step`` (all of them when a run restarts from step 0 for want of a checkpoint)."""
+    ``start_step`` (all of them when a run restarts from step 0 for want of a checkpoint).
+
+    Every row goes through a :class:`~divalign.trainers.health.RunWatch`, which stops the run
+    (:class:`~divalign.errors.RunFailed`) after ``max_consecutive_skips`` steps in a row without an update; then,
+    as when weights are not finite, nothing more is saved: the last good checkpoint stays and no final model is
+    written."""
     log = MetricsLog(run_dir, resume_step=start_step if resumed else None)
+    watch = RunWatch(max_consecutive_skips, len(trainer.tokenizer))
     rows = []
     bar = progress(
         None if max_seconds else total_steps, initial=start_step, desc=Path(run_dir).name, enabled=show_progress
     )
-    started = time.perf_counter()
+    started, done = time.perf_counter(), start_step
     try:
         for step in range(start_step, total_steps):
             row = trainer.step(step)
-            log.write(row)
+            try:
+                watch.see(row)
+            finally:
+                log.write(row)
             rows.append(row)
             bar.update(1)
             bar.set_postfix({k: f"{row[k]:.3g}" for k in postfix_keys if k in row}, refresh=False)
             done = step + 1
             if save_every and done % save_every == 0 and done < total_steps:
+                check_finite(trainer.policy, done)
                 save_checkpoint(
                     run_dir, done, trainer.policy, trainer.tokenizer, trainer.state_dict(done), keep=keep_checkpoints
                 )
@@ -97,6 +112,15 @@ def run_steps(
     finally:
         bar.close()
         log.close()
+    check_finite(trainer.policy, done)
     with atomic_directory(Path(run_dir) / FINAL_MODEL) as tmp:
         save_model(trainer.policy, trainer.tokenizer, tmp)
     return rows
+
+
+def check_finite(model, step: int) -> None:
+    """Refuse to save weights that are not all finite (:class:`~divalign.errors.RunFailed`)."""
+    norms = torch._foreach_norm([p.detach() for p in model.parameters()])
+    if not bool(torch.isfinite(torch.stack(norms)).all()):
+        raise RunFailed(f"the model's weights are not finite after step {step}: nothing saved (the last good "
+                        "checkpoint is kept; lower the learning rate)")

@@ -24,12 +24,13 @@ class PreferencePart:
         self.order = EpochOrder(len(items), f"fhal-{seed}")
         self.size = batch_size
 
-    def backward(self, policy, objective: Objective, options, update: int) -> dict:
-        """The loss of the batch of optimizer step ``update`` (counted over the whole run), backward; its metrics."""
+    def backward(self, policy, objective: Objective, options, update: int) -> tuple[float, dict]:
+        """The loss of the batch of optimizer step ``update`` (counted over the whole run), backward; its value and
+        metrics."""
         units = self.order.take(update * self.size, self.size)
         logps, _ = sequence_logps(policy, self.data, units, self.pad_id)
         labels = self.labels[units]
         batch = UnpairedBatch(logps, self.ref[units], labels, int(labels.sum()), int((~labels).sum()))
         loss, metrics = objective.preference_loss(batch, options)
         loss.backward()
-        return metrics
+        return float(loss.item()), metrics

@@ -34,6 +34,7 @@ from divalign.models import completion_forward, configure, set_training
 from divalign.objectives import OnlineBatch
 from divalign.objectives.kl import ESTIMATORS as KL_ESTIMATORS
 from divalign.objectives.kl import k3
+from divalign.rewards import RewardOptions
 from divalign.tasks.arithmetic import ArithmeticConfig
 from divalign.trainers import scoring
 from divalign.trainers.loop import Clock, MetricSums
@@ -44,7 +45,7 @@ from divalign.trainers.rollouts import Collected, RolloutCollector, Sampling
 
 
 @dataclass
-class RLConfig(ObjectiveChoice, ModelOptions, CompileOptions, OptimizerOptions, RunOptions):
+class RLConfig(ObjectiveChoice, ModelOptions, RewardOptions, CompileOptions, OptimizerOptions, RunOptions):
     """Online RL (GRPO family, RLOO, PPO, DaGRPO, f-GRPO, f-HAL, ...) on a local Hugging Face causal LM; the model
     is also the frozen reference."""
 
@@ -59,10 +60,8 @@ class RLConfig(ObjectiveChoice, ModelOptions, CompileOptions, OptimizerOptions, 
     answer_field: str = "answer"
     """Field of --prompts holding the gold answer."""
     reward: str = ""
-    """Reward spec: numeric, exact, partial, rm:FOLDER, module:function, or a weighted sum such as
+    """Reward spec: numeric, exact, partial, math, rm:FOLDER, module:function, or a weighted sum such as
     0.8*exact+0.2*rm:F; empty means the task's own reward, or numeric for --prompts."""
-    reward_timeout: float = 10.0
-    """Seconds a user reward function may take per completion before it scores 0."""
     preference_data: str = ""
     """Preference pairs (file or built-in name) for an objective with an off-policy part (f-HAL)."""
     preference_batch_size: int = 16
@@ -93,7 +92,8 @@ class RLConfig(ObjectiveChoice, ModelOptions, CompileOptions, OptimizerOptions, 
     families = ("online",)
 
     def __post_init__(self):
-        super().__post_init__()
+        ObjectiveChoice.__post_init__(self)
+        RewardOptions.__post_init__(self)
         estimator = advantages.get(self.estimator)
         options = self.objective_options
         if self.advantage != "auto" and options.own_estimator_only and self.advantage != options.advantage:
@@ -142,7 +142,7 @@ class OnlineTrainer:
         self.value_head = value_head(policy.config.hidden_size) if self.estimator.needs_values else None
         trained = [policy] if self.value_head is None else [policy, self.value_head]
         self.optimization = Optimization(trained, config, config.steps * config.ppo_epochs * config.minibatches)
-        scorer = rewards.get(self.options.score) if self.estimator.needs_scores else None
+        scorer = rewards.get(self.options.score, config) if self.estimator.needs_scores else None
         sampling = Sampling(config.prompts_per_step, config.num_generations, config.max_new_tokens,
                             config.temperature, config.seed)
         self.collector = RolloutCollector(prompt_source, self.sampler, tokenizer, reward_fn, sampling,
@@ -220,14 +220,20 @@ class OnlineTrainer:
         for chosen in minibatch_groups(len(groups), cfg.ppo_epochs, cfg.minibatches, rng):
             rows = [r for k in chosen for r in groups[k]]
             counts = {"num_sequences": len(rows), "num_groups": len(chosen), "num_tokens": int(mask[rows].sum())}
+            loss = 0.0
             with clock("forward_backward_s"):
                 for micro in self._micro_batches([groups[k] for k in chosen]):
-                    sums.add(self._backward(whole, torch.tensor(micro), counts, scored.sequences, batch.group_size))
+                    metrics = self._backward(whole, torch.tensor(micro), counts, scored.sequences, batch.group_size)
+                    loss += metrics["loss"]
+                    sums.add(metrics)
                 if self.preference is not None:
                     update = (step * cfg.ppo_epochs * cfg.minibatches) + len(sums.updates)
-                    sums.add(self.preference.backward(self.policy, self.objective, self.options, update))
+                    preference_loss, metrics = self.preference.backward(self.policy, self.objective, self.options,
+                                                                        update)
+                    loss += preference_loss
+                    sums.add(metrics)
             with clock("optimizer_s"):
-                sums.updates.append(self.optimization.step())
+                sums.updates.append(self.optimization.step(loss))
         return sums
 
     def _backward(self, whole: OnlineBatch, rows: Tensor, counts: dict, sequences: SequenceBatch,
@@ -262,6 +268,7 @@ class OnlineTrainer:
             "loss": means.pop("loss"),
             "grad_norm": sum(u["grad_norm"] for u in updates) / len(updates),
             "lr": updates[-1]["lr"],
+            **skips(updates),
             **batch.stats,
             **means,
             **batch.timings,
@@ -281,6 +288,12 @@ class OnlineTrainer:
         cfg = self.config
         return (self.reference is not None and cfg.ppo_epochs == 1 and cfg.minibatches == 1
                 and self.value_head is None and self.kl_penalty is None)
+
+
+def skips(updates: list[dict]) -> dict:
+    """How many of a step's optimizer updates were left out, and why (the first reason)."""
+    skipped = [u for u in updates if u["skipped_updates"]]
+    return {"skipped_updates": len(skipped), **({"skip_reason": skipped[0]["skip_reason"]} if skipped else {})}
 
 
 def minibatch_groups(num_groups: int, epochs: int, minibatches: int, rng: random.Random) -> list[list[int]]:

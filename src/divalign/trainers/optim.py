@@ -48,7 +48,9 @@ def clip_factor(params: list[torch.Tensor], max_norm: float) -> tuple[float, tor
 
 
 class Optimization:
-    """What every trainer does after its backward passes: clip the gradient norm, AdamW step, schedule step.
+    """What every trainer does after its backward passes: clip the gradient norm, AdamW step, schedule step — or,
+    when the step's loss or gradient norm is not finite, no update at all (the weights, the optimizer state and the
+    schedule stay as they were; the gradients are dropped) and the reason in the returned row.
 
     ``modules``: the model, or a list of modules trained together (a policy and its value head). ``config`` is a
     :class:`divalign.trainers.options.OptimizerOptions` (``max_grad_norm`` 0 disables clipping). ``state_dict``
@@ -62,20 +64,27 @@ class Optimization:
         self.scheduler = make_schedule(self.optimizer, config.lr_schedule, config.warmup_steps, total_steps)
         self.max_grad_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
 
-    def step(self) -> dict[str, float]:
+    def step(self, loss: float) -> dict:
+        """Update from the accumulated gradients, whose loss (summed over micro-batches) is ``loss``. Returns the
+        gradient norm, the learning rate used, and ``skipped_updates`` (1 with a ``skip_reason`` when the update was
+        left out)."""
         grad_norm, factor = clip_factor(self.params, self.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        problem = ("loss" if not math.isfinite(loss) else "gradient norm" if not math.isfinite(grad_norm) else None)
+        if problem is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"grad_norm": grad_norm, "lr": lr, "skipped_updates": 1, "skip_reason": f"non-finite {problem}"}
         if factor is not None and self.optimizer.defaults.get("fused"):
             # the fused kernel divides each gradient by grad_scale as it reads it (the hook torch's GradScaler
             # uses), so clipping costs no pass of its own
             self.optimizer.grad_scale = 1.0 / factor
         elif factor is not None:
             torch._foreach_mul_([p.grad for p in self.params if p.grad is not None], factor)
-        lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.optimizer.grad_scale = None
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"grad_norm": grad_norm, "lr": lr}
+        return {"grad_norm": grad_norm, "lr": lr, "skipped_updates": 0}
 
     def state_dict(self) -> dict:
         return {

@@ -53,6 +53,8 @@ class RunOptions:
     """Checkpoint every this many steps (0: only the final model)."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep."""
+    max_consecutive_skips: int = 3
+    """Stop the run after this many steps in a row whose update was left out (non-finite loss or gradient)."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
     progress: bool = True

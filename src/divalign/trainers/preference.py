@@ -110,10 +110,10 @@ class PreferenceTrainer:
         for start in range(0, len(units), micro):
             with clock("forward_backward_s"):  # a live reference's forward runs in the policy's pass
                 sums.add(self._backward(units[start : start + micro], counts))
-        if not self.paired:
-            self.state = self.options.next_state(self.state, sums.sums)
         with clock("optimizer_s"):
-            update = self.optimization.step()
+            update = self.optimization.step(sums.sums["loss"])
+        if not self.paired and not update["skipped_updates"]:
+            self.state = self.options.next_state(self.state, sums.sums)
         row = {"step": step + 1, "loss": sums.sums.pop("loss"), **update, **sums.sums, **clock.seconds}
         if self.eval_items and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == self.total_steps):
             row.update(self.evaluate(self.eval_items))

@@ -72,7 +72,7 @@ class RewardModelTrainer:
             loss, metrics = bradley_terry(chosen, rejected, self.options, len(pairs))
             loss.backward()
             sums.add({"loss": float(loss.item()), **metrics})
-        row = {"step": step + 1, **sums.sums, **self.optimization.step()}
+        row = {"step": step + 1, **sums.sums, **self.optimization.step(sums.sums["loss"])}
         if self.eval_pairs and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == self.total_steps):
             row["eval_accuracy"] = self.evaluate(self.eval_pairs)
         row["step_s"] = clock.elapsed()

@@ -80,7 +80,7 @@ class RolloutCollector:
         rounds = plan.max_sampling_rounds if plan.dynamic_sampling else 1
         timings = {"generate_s": 0.0, "score_s": 0.0}
         parts, prompts, answers, rewards, task_rewards = [], [], [], [], []
-        sampled = kept = 0
+        sampled = kept = failures = 0
         for round in range(rounds):
             t = time.perf_counter()
             examples = self.prompts.batch(step, s.prompts_per_step, round)
@@ -94,6 +94,7 @@ class RolloutCollector:
             row_answers = [ex.answer for ex in examples for _ in range(g)]
             reward, task = self._score(row_prompts, texts, row_answers, rollout.lengths.int().tolist(),
                                        rollout.truncated.tolist())
+            failures += self.reward.failures
             keep = list(range(len(examples)))
             if plan.dynamic_sampling:
                 spread = reward.view(-1, g).max(-1).values - reward.view(-1, g).min(-1).values
@@ -118,7 +119,8 @@ class RolloutCollector:
             rollout.completion_mask = rollout.completion_mask * (~rollout.truncated).unsqueeze(-1).float()
         batch = Collected(rollout, prompts, answers, torch.cat(rewards), torch.cat(task_rewards),
                           torch.arange(kept).repeat_interleave(g), kept, g, torch.zeros(len(prompts), dtype=torch.bool),
-                          timings=timings, stats={"groups_sampled": sampled, "groups_kept": kept})
+                          timings=timings, stats={"groups_sampled": sampled, "groups_kept": kept,
+                                                  "reward_failures": failures})
         if plan.anchors:
             self._add_anchors(batch)
         if self.scorer is not None:

@@ -201,7 +201,8 @@ class SFTTrainer:
             loss = nll / tokens
             loss.backward()
             loss_total += float(loss.item())
-        row = {"step": step + 1, "loss": loss_total, "tokens": int(tokens.item()), **self.optimization.step()}
+        row = {"step": step + 1, "loss": loss_total, "tokens": int(tokens.item()),
+               **self.optimization.step(loss_total)}
         if self.eval_examples and (
             (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == self.total_steps
         ):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import difflib
 
-from divalign.rewards.numeric import extract_number, gold_number
+from divalign.verifiers.numeric import extract_number, plain_number
 
 
 def partial_credit(completion: str, answer) -> float:
     """1/(1 + |x − x*| / max(1, |x*|)) for numeric answers (1 when exact); string similarity otherwise."""
-    gold, got = gold_number(answer), extract_number(completion)
+    gold, got = plain_number(answer), extract_number(completion)
     if gold is not None:
         if got is None:
             return 0.0

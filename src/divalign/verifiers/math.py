@@ -1,0 +1,35 @@
+"""The ``math`` verifier: gold answer and completion parsed as mathematics and compared for equivalence with
+math-verify (https://github.com/huggingface/Math-Verify), which handles boxed answers with nested braces,
+fractions, radicals, intervals, tuples and sets, percentages, degrees, thousands separators and text answers.
+
+The gold answer is LaTeX or a plain expression, with or without ``$…$`` or ``\\boxed{…}`` (GSM8K's text after
+``####`` is taken alone); the completion's answer is its last boxed or final expression, as math-verify extracts
+it. math-verify bounds each of its own steps with a timer; divalign runs this verifier in worker processes
+(:mod:`divalign.sandbox`) so that no expression can hang a run.
+"""
+
+from __future__ import annotations
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+_GOLD = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+
+
+def parse_gold(answer: str | float) -> list:
+    """The gold answer as math-verify's parsed form (empty when it cannot be read as mathematics)."""
+    text = str(answer)
+    if "####" in text:
+        text = text.rsplit("####", 1)[1]
+    text = text.strip()
+    if "$" not in text and "\\boxed" not in text:
+        text = f"\\boxed{{{text}}}"
+    return parse(text, extraction_config=_GOLD)
+
+
+def math_reward(completion: str, answer: str | float) -> float:
+    """1.0 when the completion's final answer is mathematically equivalent to the gold answer, else 0.0;
+    ``ValueError`` when the gold answer cannot be parsed."""
+    gold = parse_gold(answer)
+    if not gold:
+        raise ValueError(f"gold answer {str(answer).strip()[:80]!r} cannot be read as mathematics")
+    return 1.0 if verify(gold, parse(completion)) else 0.0
