@@ -53,3 +53,41 @@ def test_old_checkpoints_are_pruned_and_weights_round_trip(tmp_path, tiny_model_
     assert names == ["latest", "step-00000002", "step-00000003"]
     again, _ = load_causal_lm(tmp_path / "checkpoints" / "step-00000003" / "model")
     assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+
+
+class _Payload:
+    """What an attacker would add to a trainer state: unpickling it would run a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_runs_no_code_from_a_state_file_and_follows_no_pointer_outside(tmp_path, tiny_model_dir):
+    from divalign.errors import UserError
+
+    model, tok = load_causal_lm(tiny_model_dir)
+    genuine = save_checkpoint(tmp_path, 4, model, tok, {"step": 4, "optimizer": {"state": {}, "param_groups": []},
+                                                         "torch_rng": torch.get_rng_state()})
+    assert load_state(genuine)["step"] == 4  # a state divalign wrote loads with the restricted unpickler
+    marker = tmp_path / "pwned"
+    state = torch.load(genuine / "trainer_state.pt", weights_only=True)
+    torch.save({**state, "extra": _Payload(marker)}, genuine / "trainer_state.pt")
+    with pytest.raises(UserError, match="trainer_state.pt: refused: not a trainer state divalign wrote"):
+        load_state(genuine)
+    assert not marker.exists()
+
+    (tmp_path / "checkpoints" / "latest").write_text("../../elsewhere")
+    with pytest.raises(UserError, match="latest: names '../../elsewhere', which is not a checkpoint folder"):
+        latest_checkpoint(tmp_path)
+
+
+def test_resume_removes_what_a_killed_final_save_left(tmp_path):
+    leftover = tmp_path / f".tmp-model-{os.getpid() + 7}"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"x" * 100)
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert latest_checkpoint(tmp_path) is None
+    assert not leftover.exists() and (tmp_path / "metrics.jsonl").exists()

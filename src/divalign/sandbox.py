@@ -12,6 +12,7 @@ The function is named ``module:function`` and imported in each worker; the curre
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing
 import os
@@ -32,8 +33,10 @@ def import_function(target: str) -> Callable:
     module_name, _, name = target.partition(":")
     module = importlib.import_module(module_name)
     function = getattr(module, name, None)
-    if not callable(function):
+    if function is None:
         raise AttributeError(f"module '{module_name}' has no function '{name}'")
+    if not callable(function):
+        raise TypeError(f"'{target}' is a {type(function).__name__}, not a function")
     return function
 
 
@@ -140,7 +143,5 @@ class Pool:
         self.workers = []
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):  # at interpreter shutdown the workers may be gone already
             self.close()
-        except Exception:  # noqa: BLE001 (interpreter shutdown)
-            pass

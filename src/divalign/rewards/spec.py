@@ -50,6 +50,9 @@ class RewardOptions:
             raise ValueError(f"reward_max_failures must be in [0, 1] (got {self.reward_max_failures})")
         if self.reward_invalid not in INVALID:
             raise ValueError(f"reward_invalid: expected one of {', '.join(INVALID)} (got '{self.reward_invalid}')")
+        following = getattr(super(), "__post_init__", None)  # the next option group of a config that has this one
+        if following is not None:
+            following()
 
 
 def get(spec: str, options: RewardOptions | None = None) -> Reward:
@@ -86,7 +89,7 @@ def _term(spec: str, options: RewardOptions) -> Reward:
             import_function(spec)
         except ImportError as exc:
             raise UserError(f"reward '{spec}': cannot import module '{spec.partition(':')[0]}' ({exc})") from None
-        except AttributeError as exc:
+        except (AttributeError, TypeError) as exc:
             raise UserError(f"reward '{spec}': {exc}") from None
         return _sandboxed(spec, spec, options, needs_answers=False)
     raise UserError(f"unknown reward '{spec}' (expected one of: {', '.join([*IN_PROCESS, *OUT_OF_PROCESS])}, "

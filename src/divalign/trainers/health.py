@@ -44,6 +44,7 @@ class RunWatch:
         if row.get("skipped_updates"):
             self.skipped += 1
             self.consecutive += 1
+            row["skipped_steps"] = self.skipped
             warn(f"step {step}: update left out ({row.get('skip_reason', 'non-finite')}); the weights are unchanged")
             if self.consecutive >= self.max_consecutive_skips:
                 raise RunFailed(f"the run stopped at step {step}: {self.consecutive} steps in a row without an update "

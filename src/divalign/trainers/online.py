@@ -92,8 +92,7 @@ class RLConfig(ObjectiveChoice, ModelOptions, RewardOptions, CompileOptions, Opt
     families = ("online",)
 
     def __post_init__(self):
-        ObjectiveChoice.__post_init__(self)
-        RewardOptions.__post_init__(self)
+        super().__post_init__()
         estimator = advantages.get(self.estimator)
         options = self.objective_options
         if self.advantage != "auto" and options.own_estimator_only and self.advantage != options.advantage:

@@ -1,15 +1,24 @@
 """Option groups shared by the training commands, each declared once with a docstring under every field (the
 ``--help`` text). A command's config inherits the groups it needs and may change their defaults by declaring a
-field again without a docstring.
+field again without a docstring. A group that checks its values does so in ``__post_init__`` and then hands over to
+the next group of the config (:func:`next_check`), so every group's checks run whatever the combination.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from divalign import objectives
 from divalign.config import OBJECTIVE_OPTIONS
+
+
+def next_check(group, cls) -> None:
+    """Run the ``__post_init__`` of the group after ``cls`` in ``group``'s config (if any)."""
+    following = getattr(super(cls, group), "__post_init__", None)
+    if following is not None:
+        following()
 
 
 @dataclass
@@ -55,6 +64,11 @@ class RunOptions:
     """How many recent checkpoints to keep."""
     max_consecutive_skips: int = 3
     """Stop the run after this many steps in a row whose update was left out (non-finite loss or gradient)."""
+
+    def __post_init__(self):
+        if self.max_consecutive_skips < 1:
+            raise ValueError(f"max_consecutive_skips must be >= 1 (got {self.max_consecutive_skips})")
+        next_check(self, RunOptions)
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
     progress: bool = True
@@ -76,6 +90,17 @@ class OptimizerOptions:
     max_grad_norm: float = 1.0
     """Gradient-norm clipping threshold (0 disables)."""
 
+    def __post_init__(self):
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a finite number > 0 (got {self.learning_rate})")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0 (got {self.weight_decay})")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise ValueError(f"max_grad_norm must be a finite number >= 0 (got {self.max_grad_norm})")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0 (got {self.warmup_steps})")
+        next_check(self, OptimizerOptions)
+
 
 @dataclass
 class BatchOptions:
@@ -93,6 +118,11 @@ class BatchOptions:
     """Optimizer steps (0: derived from epochs)."""
     eval_every: int = 0
     """Evaluate on the held-out data every this many steps (0: only at the end)."""
+
+    def __post_init__(self):
+        if self.steps == 0 and not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise ValueError(f"epochs must be a number > 0 when steps is 0 (got {self.epochs})")
+        next_check(self, BatchOptions)
 
 
 @dataclass
@@ -141,6 +171,7 @@ class ObjectiveChoice:
         elif not isinstance(self.objective_options, chosen.options):
             raise ValueError(f"options of type {type(self.objective_options).__name__} given for objective "
                              f"'{self.objective}' (expected {chosen.options.__name__})")
+        next_check(self, ObjectiveChoice)
 
     @property
     def chosen(self) -> objectives.Objective:
