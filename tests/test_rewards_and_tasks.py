@@ -106,7 +106,7 @@ def test_pass_at_k_estimator():
     [
         ('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2="\n', r"bad.jsonl:2: invalid JSON"),
         ('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2="}\n', r"bad.jsonl:2: missing field 'answer'"),
-        ('{"prompt": 5, "answer": "2"}\n', r"bad.jsonl:1: field 'prompt' must be str"),
+        ('{"prompt": 5, "answer": "2"}\n', r"bad.jsonl:1: field 'prompt' must be a string or a list of messages, got int"),
         ('["prompt"]\n', r"bad.jsonl:1: expected a JSON object"),
         ("\n\n", r"bad.jsonl: no records"),
     ],

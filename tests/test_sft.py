@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from divalign.data.sft import Chat, Demonstration, read_sft, render
+from divalign.data.chat import Rendered
+from divalign.data.sft import Demonstration, read_sft, render_demonstrations
 from divalign.errors import UserError
 from divalign.models import load_causal_lm
 from divalign.trainers.sft import SFTConfig, SFTTrainer, build_rows, sft_loss_terms, tokenize
@@ -15,12 +16,12 @@ TEMPLATE = (
 
 
 def demos(n=12):
-    return [Demonstration(f"{i}+{i}=", str(2 * i)) for i in range(n)]
+    return [Rendered(f"{i}+{i}=", str(2 * i), False) for i in range(n)]
 
 
 def test_loss_mask_covers_exactly_the_completion_and_eos(tiny_model_dir):
     _, tok = load_causal_lm(tiny_model_dir)
-    (ex,) = tokenize(tok, [Demonstration("12+3=", "15")], max_length=32)
+    (ex,) = tokenize(tok, [Rendered("12+3=", "15", False)], max_length=32)
     rows = build_rows([ex], tok.pad_token_id, 32, packing=False)
     targets = rows.input_ids[0, 1:][rows.loss_mask[0].bool()].tolist()
     assert targets == tok("15", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -67,13 +68,13 @@ def test_chat_messages_render_with_the_template_and_fail_without_one(tmp_path, t
         json.dumps({"messages": [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"}]}) + "\n"
     )
     (chat,) = read_sft(path)
-    assert isinstance(chat, Chat)
+    assert chat == Demonstration((("user", "1+1="),), (("assistant", "2"),), f"{path}:1")
     _, tok = load_causal_lm(tiny_model_dir)
-    with pytest.raises(UserError, match=r"chat.jsonl:1: chat 'messages' need a tokenizer with a chat template"):
-        render(tok, chat)
+    with pytest.raises(UserError, match=r"chat.jsonl:1: conversational data needs a tokenizer with a chat template"):
+        render_demonstrations(tok, [chat])
     tok.chat_template = TEMPLATE
-    prompt, completion, templated = render(tok, chat)
-    assert (prompt, completion, templated) == ("u:1+1=\na:", "2\n", True)  # the template closes the turn
+    (rendered,) = render_demonstrations(tok, [chat])
+    assert rendered == Rendered("u:1+1=\na:", "2\n", True)  # the template closes the turn
 
 
 @pytest.mark.parametrize(
@@ -83,6 +84,8 @@ def test_chat_messages_render_with_the_template_and_fail_without_one(tmp_path, t
         ({"messages": [{"role": "user", "content": "hi"}]}, "last message must be the assistant's reply"),
         ({"messages": [{"role": "user"}]}, r"\[0\]: expected an object with string 'role' and 'content'"),
         ({"prompt": "a"}, "missing field 'completion'"),
+        ({"prompt": "", "completion": "b"}, "field 'prompt' is empty"),
+        ({"text": "  "}, "field 'text' is empty"),
     ],
 )
 def test_sft_data_errors_name_file_and_line(tmp_path, line, message):

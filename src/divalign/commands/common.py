@@ -7,7 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import huggingface_hub
 import torch
+from transformers.utils import logging as transformers_logging
 
 from divalign.allocator import keep_freed_memory
 from divalign.config import dump_yaml
@@ -32,21 +34,29 @@ class Run:
 
 def prepare_run(config) -> Run:
     """The preamble of every training command, after its inputs are checked and before any model loads: refuse to
-    write over another run, find the checkpoint of ``--resume``, configure the process, seed torch."""
+    write over another run or where nothing can be written, find the checkpoint of ``--resume``, configure the
+    process, seed torch."""
     folder = check_output_dir(config.output_dir, config.resume)
     checkpoint, state = resume_point(folder) if config.resume else (None, None)
-    configure_cpu(config.threads)
+    configure_process(config.threads, config.progress)
     torch.manual_seed(config.seed)
     return Run(folder, checkpoint, state)
 
 
 def check_output_dir(path: str | os.PathLike, resume: bool) -> Path:
-    """Refuse to write a new run over an existing one (nothing is created here)."""
+    """Refuse to write a new run over an existing one, or where the folder cannot be created or written (nothing
+    is created here)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"output folder '{path}' is a file")
     if path.exists() and any(path.iterdir()) and not resume:
         raise UserError(f"output folder '{path}' already holds files; pass --resume to continue it or choose another")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        where = "it" if existing == path else f"'{existing}'"
+        raise UserError(f"output folder '{path}' cannot be written ({where} is not a writable folder)")
     return path
 
 
@@ -67,12 +77,16 @@ def run_training(trainer, run: Run, config, total_steps: int, postfix_keys: tupl
                      resumed=config.resume, max_consecutive_skips=config.max_consecutive_skips, **extra)
 
 
-def configure_cpu(threads: int) -> None:
-    """Process settings every command applies: torch's thread count (when given) and an allocator that keeps
-    freed memory between steps (:mod:`divalign.allocator`)."""
+def configure_process(threads: int, progress: bool = True) -> None:
+    """Process settings every command applies: torch's thread count (when given), an allocator that keeps freed
+    memory between steps (:mod:`divalign.allocator`), and, without ``progress``, no progress bars from the
+    libraries either (loading and saving models)."""
     keep_freed_memory()
     if threads > 0:
         torch.set_num_threads(threads)
+    if not progress:
+        transformers_logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
 
 
 def positive(config, *names: str) -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from divalign.charlm import build_char_tokenizer, tiny_llama
-from divalign.commands.common import check_output_dir, configure_cpu, create_run_dir, positive
+from divalign.commands.common import check_output_dir, configure_process, create_run_dir, positive
 from divalign.config import build
-from divalign.data.sft import Demonstration
+from divalign.data.chat import Rendered
 from divalign.errors import UserError
 from divalign.eval.passk import evaluate
 from divalign.models import frozen_copy, param_count
@@ -133,11 +133,11 @@ def run(config: DemoConfig) -> dict:
     )
     out = check_output_dir(config.output_dir, resume=False)
     rl_cfg = rl_config(config, out)  # validates objective options (divergence name, beta) before writing
-    configure_cpu(config.threads)
+    configure_process(config.threads, config.progress)
     torch.manual_seed(config.seed)
 
     task = ArithmeticTask(ArithmeticConfig(operands="2", max_value=99, operators="+-"))
-    demos = [Demonstration(ex.prompt, ex.answer) for ex in task.demonstrations(config.demonstrations, seed=config.seed)]
+    demos = [Rendered(ex.prompt, ex.answer, False) for ex in task.demonstrations(config.demonstrations, seed=config.seed)]
     eval_set = task.eval_set(config.eval_problems)
     tokenizer = build_char_tokenizer("0123456789+-=")
     model = tiny_llama(

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from divalign import rewards
-from divalign.commands.common import check_output_dir, configure_cpu, create_run_dir, non_negative, positive
-from divalign.data.prompts import read_prompt_file
+from divalign.commands.common import check_output_dir, configure_process, create_run_dir, non_negative, positive
+from divalign.data.prompts import Example, read_prompt_file
 from divalign.data.records import read_records, require_fields
 from divalign.errors import UserError
 from divalign.eval.calibration import answer_confidence, expected_calibration_error, reliability_diagram
@@ -29,8 +29,9 @@ from divalign.eval.safety.gcg import gcg_attack
 from divalign.eval.safety.judge import train_and_score
 from divalign.eval.safety.suite import run_safety
 from divalign.eval.separation import last_token_states, separation
-from divalign.models import load_causal_lm
+from divalign.models import check_causal_lm_folder, load_causal_lm
 from divalign.rewards import RewardOptions
+from divalign.rewards.spec import check_answers, verifiers_of
 from divalign.tasks.arithmetic import ArithmeticTask
 
 RESULTS = "results.json"
@@ -116,23 +117,20 @@ class EvalConfig(RewardOptions):
     """Show progress bars."""
 
 
-def _texts(path: str, field: str, limit: int) -> list[str]:
-    if path == "hh-rlhf:helpful":
-        return benign_prompts("helpful-base", limit)
-    records = read_records(path)[:limit]
+def _prompts(config: EvalConfig) -> list[Example]:
+    """The requests of --prompts (each a string or a conversation) with their gold answers when the file has
+    them."""
+    if config.prompts == "hh-rlhf:helpful":
+        return [Example(p, "") for p in benign_prompts("helpful-base", config.prompts_limit)]
+    examples = read_prompt_file(config.prompts, config.prompt_field, config.answer_field,
+                                answers=bool(config.reward and verifiers_of(config.reward)))
+    return examples[: config.prompts_limit]
+
+
+def _texts(path: str, field: str) -> list[str]:
+    records = read_records(path)
     require_fields(records, {field: str})
     return [r.data[field] for r in records]
-
-
-def _answers(config: EvalConfig, count: int) -> list[str]:
-    """The gold answers of --prompts (its answer_field), or empty strings when the file has none."""
-    if config.prompts == "hh-rlhf:helpful":
-        return [""] * count
-    records = read_records(config.prompts)[:count]
-    if not all(config.answer_field in r.data for r in records):
-        return [""] * count
-    require_fields(records, {config.answer_field: (str, int, float)})
-    return [str(r.data[config.answer_field]) for r in records]
 
 
 def validate(config: EvalConfig) -> None:
@@ -154,14 +152,22 @@ def validate(config: EvalConfig) -> None:
 
 def run(config: EvalConfig) -> dict:
     validate(config)
+    task_examples, task_reward = _task(config)
+    requests = _prompts(config) if config.prompts else []
+    if config.reward:
+        check_answers(config.reward, requests)
+    prompts = [ex.prompt for ex in requests]
+    perplexity_texts = _texts(config.perplexity_data, config.text_field) if config.perplexity_data else []
+    for folder in (config.model, config.reference, config.model_b):
+        if folder:
+            check_causal_lm_folder(folder, config.trust_remote_code)
+    scorer = rewards.get(config.reward, config) if config.reward else None
+    judge = rewards.get(f"rm:{config.judge_rm}") if config.model_b else None
     out = check_output_dir(config.output_dir, config.resume)
-    configure_cpu(config.threads)
+    configure_process(config.threads, config.progress)
     torch.manual_seed(config.seed)
     model, tokenizer = load_causal_lm(config.model, trust_remote_code=config.trust_remote_code)
     model.requires_grad_(False)
-    task_examples, task_reward = _task(config)
-    prompts = _texts(config.prompts, config.prompt_field, config.prompts_limit) if config.prompts else []
-    perplexity_texts = _texts(config.perplexity_data, config.text_field, 10**9) if config.perplexity_data else []
     create_run_dir(out, config)
     cache = GenerationCache(out / CACHE)
     results: dict = {"model": config.model}
@@ -186,14 +192,16 @@ def run(config: EvalConfig) -> dict:
         greedy = Decoding(config.max_new_tokens, greedy=True)
         answers = generate(model, tokenizer, prompts, greedy, desc="responses", **common)
         section("lengths", lambda: length_stats([a["tokens"] for a in answers], [a["truncated"] for a in answers]))
-        if config.reward:
-            scorer, gold = rewards.get(config.reward, config), _answers(config, len(prompts))
-            section("reward", lambda: {"reward_mean": sum(scorer(prompts, [a["response"] for a in answers],
-                                                                 gold)) / len(prompts)})
+        # the request itself for a string (as a reward model reads it), the chat template's text for a conversation
+        texts = [p if isinstance(p, str) else render_prompt(tokenizer, p, config.prompt_format)[0] for p in prompts]
+        if scorer is not None:
+            section("reward", lambda: {"reward_mean": sum(scorer(texts, [a["response"] for a in answers],
+                                                                 [ex.answer for ex in requests])) / len(prompts)})
         if config.reference:
-            section("kl", lambda: _kl(model, tokenizer, prompts, config))
-        if config.model_b:
-            section("win_rate", lambda: _win_rate(model, tokenizer, prompts, answers, config, common))
+            section("kl", lambda: _kl(model, tokenizer, [(t, not isinstance(p, str)) for t, p in zip(texts, prompts)],
+                                      config))
+        if judge is not None:
+            section("win_rate", lambda: _win_rate(model, tokenizer, prompts, texts, answers, judge, config, common))
     if perplexity_texts:
         section("perplexity", lambda: perplexity(model, tokenizer, perplexity_texts))
     if config.safety:
@@ -212,6 +220,7 @@ def _task(config: EvalConfig):
         task = ArithmeticTask()
         return task.eval_set(config.task_limit), task.reward
     examples = read_prompt_file(config.task, config.prompt_field, config.answer_field)[: config.task_limit]
+    check_answers(config.task_reward, examples)
     return examples, rewards.get(config.task_reward, config)
 
 
@@ -229,14 +238,13 @@ def _kl(model, tokenizer, prompts, config) -> dict:
                            max_new_tokens=config.max_new_tokens, seed=config.seed)
 
 
-def _win_rate(model, tokenizer, prompts, answers, config, common) -> dict:
+def _win_rate(model, tokenizer, prompts, texts, answers, judge, config, common) -> dict:
     other, other_tok = load_causal_lm(config.model_b, trust_remote_code=config.trust_remote_code)
     other_answers = generate(other, other_tok, prompts, Decoding(config.max_new_tokens, greedy=True),
                              desc="model_b responses", **{**common, "model_id": config.model_b})
-    judge = rewards.get(f"rm:{config.judge_rm}")
     blank = [""] * len(prompts)
-    return {**win_rate(judge(prompts, [a["response"] for a in answers], blank),
-                       judge(prompts, [a["response"] for a in other_answers], blank)), "model_b": config.model_b}
+    return {**win_rate(judge(texts, [a["response"] for a in answers], blank),
+                       judge(texts, [a["response"] for a in other_answers], blank)), "model_b": config.model_b}
 
 
 def _safety(model, tokenizer, config, common) -> dict:

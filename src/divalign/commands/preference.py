@@ -6,10 +6,18 @@ import functools
 
 from divalign.commands.common import non_negative, positive, prepare_run, run_training
 from divalign.data.builtin import BUILTIN, builtin_data, train_and_held_out
-from divalign.data.preferences import Pair, Unpaired, as_unpaired, read_pairs, read_unpaired
+from divalign.data.preferences import (
+    Pair,
+    Unpaired,
+    as_unpaired,
+    read_pairs,
+    read_unpaired,
+    render_pairs,
+    render_unpaired,
+)
 from divalign.data.records import read_records
 from divalign.errors import UserError
-from divalign.models import frozen_copy, load_causal_lm
+from divalign.models import check_causal_lm_folder, frozen_copy, load_causal_lm, load_tokenizer
 from divalign.trainers.preference import PreferenceConfig, PreferenceTrainer
 
 
@@ -19,7 +27,7 @@ def load(spec: str, config: PreferenceConfig, paired: bool) -> list[Pair] | list
         pairs, unpaired = builtin_data(spec)
         return pairs if paired else (unpaired or as_unpaired(pairs))
     first = read_records(spec)[0].data
-    if config.chosen_field in first:
+    if config.chosen_field in first and config.rejected_field in first:
         pairs = read_pairs(
             spec, config.prompt_field, config.chosen_field, config.rejected_field, config.drop_identical_pairs
         )
@@ -53,6 +61,10 @@ def run(config: PreferenceConfig) -> list[dict]:
     paired = config.chosen.family == "pairs"
     train, held = train_and_held_out(functools.partial(load, config=config, paired=paired), config.data,
                                      config.eval_data, config.eval_fraction, config.seed)
+    check_causal_lm_folder(config.model, config.trust_remote_code)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    render = render_pairs if paired else render_unpaired
+    train, held = render(tokenizer, train), render(tokenizer, held)
     run = prepare_run(config)
     load_model = functools.partial(load_causal_lm, trust_remote_code=config.trust_remote_code)
     reference, tokenizer = load_model(config.model)

@@ -6,9 +6,9 @@ import functools
 
 from divalign.commands.common import non_negative, positive, prepare_run, run_training
 from divalign.data.builtin import BUILTIN, builtin_data, train_and_held_out
-from divalign.data.preferences import Pair, read_pairs
+from divalign.data.preferences import Pair, read_pairs, render_pairs
 from divalign.errors import UserError
-from divalign.models import load_reward_model
+from divalign.models import check_causal_lm_folder, load_reward_model, load_tokenizer
 from divalign.trainers.reward_model import RewardModelTrainer, RMConfig
 
 
@@ -27,8 +27,13 @@ def run(config: RMConfig) -> list[dict]:
         raise UserError(f"no data: give --data FILE or one of {', '.join(BUILTIN)}")
     positive(config, "max_length", "batch_size")
     non_negative(config, "micro_batch_size", "steps")
+    if not 0 <= config.eval_fraction < 1:
+        raise UserError("eval-fraction must be in [0, 1)")
     train, held = train_and_held_out(functools.partial(load_pairs, config=config), config.data, config.eval_data,
                                      config.eval_fraction, config.seed, "pairs")
+    check_causal_lm_folder(config.model, config.trust_remote_code)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    train, held = render_pairs(tokenizer, train), render_pairs(tokenizer, held)
     run = prepare_run(config)
     model, tokenizer = load_reward_model(run.model_path(config.model), config.trust_remote_code, config.seed)
     trainer = RewardModelTrainer(model, tokenizer, config, train, held or None)

@@ -32,15 +32,26 @@ class Encoded:
         return SequenceBatch(torch.cat([prompt_ids, ids], 1), torch.cat([prompt_mask, mask], 1), prompt_ids.shape[1])
 
 
-def encode(tokenizer, prompts: list[str], responses: list[str], max_length: int, group: int) -> Encoded:
+def prompt_ids(tokenizer, prompt: str, templated: bool = False) -> list[int]:
+    """A prompt's token ids: with the tokenizer's special tokens, unless the chat template already wrote them."""
+    return tokenizer(prompt, add_special_tokens=not templated)["input_ids"]
+
+
+def response_ids(tokenizer, response: str, templated: bool = False) -> list[int]:
+    """A response's token ids: with the end-of-sequence token appended, unless the chat template ended the turn."""
+    return tokenizer(response, add_special_tokens=False)["input_ids"] + ([] if templated else [tokenizer.eos_token_id])
+
+
+def encode(tokenizer, prompts: list[str], responses: list[str], max_length: int, group: int,
+           templated: list[bool] | None = None) -> Encoded:
     """Token ids of each (prompt, response + end-of-sequence), cut to ``max_length`` by :func:`fit`.
 
     The ``group`` responses of a prompt keep the same (shortest needed) prompt cut, so they can share one prompt
-    forward pass.
+    forward pass. ``templated`` marks rows rendered by the chat template.
     """
-    eos = tokenizer.eos_token_id
-    p_ids = [tokenizer(p)["input_ids"] for p in prompts]
-    r_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [eos] for r in responses]
+    templated = templated or [False] * len(prompts)
+    p_ids = [prompt_ids(tokenizer, p, t) for p, t in zip(prompts, templated)]
+    r_ids = [response_ids(tokenizer, r, t) for r, t in zip(responses, templated)]
     out_p, out_r = [], []
     for start in range(0, len(p_ids), group):
         rows = range(start, start + group)
@@ -57,19 +68,18 @@ def encode_dataset(tokenizer, items: list[Pair] | list[Unpaired], max_length: in
     if paired:
         prompts = [p.prompt for p in items for _ in range(2)]
         responses = [r for p in items for r in (p.chosen, p.rejected)]
-        return encode(tokenizer, prompts, responses, max_length, group=2)
-    return encode(tokenizer, [u.prompt for u in items], [u.completion for u in items], max_length, group=1)
+        return encode(tokenizer, prompts, responses, max_length, 2, [p.templated for p in items for _ in range(2)])
+    return encode(tokenizer, [u.prompt for u in items], [u.completion for u in items], max_length, 1,
+                  [u.templated for u in items])
 
 
-def encode_texts(
-    tokenizer, prompts: list[str], responses: list[str], max_length: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_texts(tokenizer, prompts: list[str], responses: list[str], max_length: int,
+                 templated: list[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded prompt + response ids and attention mask (a reward model's input); prompts lose their first
     tokens if too long."""
     rows = []
-    for prompt, response in zip(prompts, responses):
-        p, r = fit(
-            tokenizer(prompt)["input_ids"], tokenizer(response, add_special_tokens=False)["input_ids"], max_length
-        )
+    for prompt, response, t in zip(prompts, responses, templated or [False] * len(prompts)):
+        p, r = fit(prompt_ids(tokenizer, prompt, t), tokenizer(response, add_special_tokens=False)["input_ids"],
+                   max_length)
         rows.append(p + r)
     return pad(rows, tokenizer.pad_token_id)

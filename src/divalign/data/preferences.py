@@ -1,52 +1,57 @@
-"""Preference data: (prompt, chosen, rejected) pairs and unpaired (prompt, completion, desirable) examples.
-
-Generic files (JSONL, JSON, CSV, Parquet) hold either ``prompt``/``chosen``/``rejected`` or
-``prompt``/``completion``/``label``; field names can be changed. Built-in readers: HH-RLHF transcripts
+"""Preference data in TRL's formats: pairs (``prompt``, ``chosen``, ``rejected``; or implicit-prompt pairs, whose
+``chosen`` and ``rejected`` begin with the prompt they share) and unpaired examples (``prompt``, ``completion``,
+``label``); every text field a string or a conversation (rendered with the chat template,
+:mod:`divalign.data.chat`). Field names can be changed. Built-in readers: HH-RLHF transcripts
 (:func:`read_hh_rlhf`) and compliance–refusal data from AdvBench (:func:`advbench_compliance_refusal`).
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+from divalign.data.chat import Text, read_text, render, split_implicit
 from divalign.data.records import read_records, require_fields
 from divalign.errors import UserError
+from divalign.tracking import warn
 
 ASSISTANT = "\n\nAssistant:"
 
 
 @dataclass(frozen=True)
 class Pair:
-    prompt: str
-    chosen: str
-    rejected: str
+    prompt: Text
+    chosen: Text
+    rejected: Text
+    templated: bool = False  #: the texts come from the chat template
+    where: str = field(default="", compare=False)  #: file and line, for messages
 
 
 @dataclass(frozen=True)
 class Unpaired:
-    prompt: str
-    completion: str
+    prompt: Text
+    completion: Text
     desirable: bool
+    templated: bool = False  #: the texts come from the chat template
+    where: str = field(default="", compare=False)  #: file and line, for messages
 
 
-def _check_identical(pairs: list[tuple[str, Pair]], drop_identical: bool) -> list[Pair]:
+def _check_identical(pairs: list[Pair], drop_identical: bool, source: str) -> list[Pair]:
     """A pair whose chosen and rejected are identical carries no preference: an error naming its line, or with
     ``drop_identical`` a warning naming it and the pair left out."""
     kept = []
-    for where, pair in pairs:
+    for pair in pairs:
         if pair.chosen == pair.rejected:
             if not drop_identical:
                 raise UserError(
-                    f"{where}: chosen and rejected are identical (remove the pair, or allow dropping "
+                    f"{pair.where}: chosen and rejected are identical (remove the pair, or allow dropping "
                     "such pairs with --drop-identical-pairs)"
                 )
-            print(f"divalign: warning: {where}: chosen and rejected are identical; pair left out", file=sys.stderr)
+            warn(f"{pair.where}: chosen and rejected are identical; pair left out")
             continue
         kept.append(pair)
     if not kept:
-        raise UserError("no usable preference pairs")
+        raise UserError(f"{source}: no usable preference pairs")
     return kept
 
 
@@ -57,12 +62,22 @@ def read_pairs(
     rejected_field: str = "rejected",
     drop_identical: bool = False,
 ) -> list[Pair]:
+    """Pairs with an explicit prompt (``prompt_field`` present in the first record) or an implicit one."""
     records = read_records(path)
-    require_fields(records, {prompt_field: str, chosen_field: str, rejected_field: str})
-    return _check_identical(
-        [(r.where, Pair(r.data[prompt_field], r.data[chosen_field], r.data[rejected_field])) for r in records],
-        drop_identical,
-    )
+    explicit = prompt_field in records[0].data
+    pairs = []
+    for r in records:
+        fields = (prompt_field, chosen_field, rejected_field) if explicit else (chosen_field, rejected_field)
+        for name in fields:
+            if name not in r.data:
+                raise UserError(f"{r.where}: missing field '{name}' (expected fields: {', '.join(fields)})")
+        chosen, rejected = (read_text(r.data[name], r.where, name) for name in (chosen_field, rejected_field))
+        if explicit:
+            prompt = read_text(r.data[prompt_field], r.where, prompt_field)
+        else:
+            prompt, chosen, rejected = split_implicit(chosen, rejected, r.where)
+        pairs.append(Pair(prompt, chosen, rejected, where=r.where))
+    return _check_identical(pairs, drop_identical, str(path))
 
 
 _TRUE = {True, "1", "true", "True", "yes", "desirable"}
@@ -76,13 +91,38 @@ def read_unpaired(
     label_field: str = "label",
 ) -> list[Unpaired]:
     records = read_records(path)
-    require_fields(records, {prompt_field: str, completion_field: str, label_field: (bool, int, str)})
+    require_fields(records, {label_field: (bool, int, str)})
     out = []
     for r in records:
         label = r.data[label_field]
         if label not in _TRUE and label not in _FALSE:
             raise UserError(f"{r.where}: field '{label_field}' must be true/false or 1/0 (got {label!r})")
-        out.append(Unpaired(r.data[prompt_field], r.data[completion_field], label in _TRUE))
+        for name in (prompt_field, completion_field):
+            if name not in r.data:
+                raise UserError(f"{r.where}: missing field '{name}' (expected fields: {prompt_field}, "
+                                f"{completion_field}, {label_field})")
+        out.append(Unpaired(read_text(r.data[prompt_field], r.where, prompt_field),
+                            read_text(r.data[completion_field], r.where, completion_field), label in _TRUE,
+                            where=r.where))
+    return out
+
+
+def render_pairs(tokenizer, pairs: list[Pair]) -> list[Pair]:
+    """Every pair as text (conversations through the chat template)."""
+    out = []
+    for p in pairs:
+        chosen = render(tokenizer, p.prompt, p.chosen, p.where)
+        rejected = render(tokenizer, p.prompt, p.rejected, p.where)
+        out.append(Pair(chosen.prompt, chosen.completion, rejected.completion, chosen.templated, p.where))
+    return out
+
+
+def render_unpaired(tokenizer, items: list[Unpaired]) -> list[Unpaired]:
+    """Every example as text (conversations through the chat template)."""
+    out = []
+    for u in items:
+        rendered = render(tokenizer, u.prompt, u.completion, u.where)
+        out.append(replace(u, prompt=rendered.prompt, completion=rendered.completion, templated=rendered.templated))
     return out
 
 
@@ -108,8 +148,9 @@ def read_hh_rlhf(path: str | os.PathLike, drop_identical: bool = True) -> list[P
     """
     records = read_records(path)
     require_fields(records, {"chosen": str, "rejected": str})
-    pairs = [(r.where, split_hh_transcript(r.data["chosen"], r.data["rejected"], r.where)) for r in records]
-    return _check_identical(pairs, drop_identical)
+    pairs = [replace(split_hh_transcript(r.data["chosen"], r.data["rejected"], r.where), where=r.where)
+             for r in records]
+    return _check_identical(pairs, drop_identical, str(path))
 
 
 #: Refusals paired with harmful requests: varied wording so that no single string is memorised.
@@ -147,4 +188,5 @@ def advbench_compliance_refusal(
 
 def as_unpaired(pairs: list[Pair]) -> list[Unpaired]:
     """Pairs as unpaired data: chosen replies desirable, rejected ones undesirable."""
-    return [u for p in pairs for u in (Unpaired(p.prompt, p.chosen, True), Unpaired(p.prompt, p.rejected, False))]
+    return [u for p in pairs for u in (Unpaired(p.prompt, p.chosen, True, p.templated, p.where),
+                                        Unpaired(p.prompt, p.rejected, False, p.templated, p.where))]

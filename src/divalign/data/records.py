@@ -1,10 +1,15 @@
 """Reading record files — JSONL (optionally gzipped), JSON arrays, CSV and Parquet — into dicts, with one-line
-errors that name the file and the line (JSONL) or row (CSV, Parquet)."""
+errors that name the file and the line (JSONL, JSON) or row (CSV, Parquet).
+
+Text is UTF-8 (a byte-order mark is allowed); bytes that are not are reported with their line. A CSV row with more
+or fewer fields than its header, or a quote left open, is an error rather than a silently shifted record.
+"""
 
 from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import os
 from collections.abc import Iterable
@@ -42,42 +47,65 @@ def read_records(path: str | os.PathLike) -> list[Record]:
         raise UserError(f"{path}: is a folder; expected a data file ({', '.join(FORMATS)})")
     suffix = _suffix(path)
     try:
-        if suffix in (".jsonl", ".jsonl.gz"):
-            records = _read_jsonl(path, gzip.open if suffix == ".jsonl.gz" else open)
-        elif suffix == ".json":
-            records = _read_json_array(path)
-        elif suffix == ".csv":
-            records = _read_csv(path)
-        else:
+        if suffix == ".parquet":
             records = _read_parquet(path)
-    except (UnicodeDecodeError, OSError, EOFError, csv.Error) as exc:
+        else:
+            text = _text(path, gzip.decompress if suffix == ".jsonl.gz" else None)
+            reader = {".jsonl": _read_jsonl, ".jsonl.gz": _read_jsonl, ".json": _read_json_array, ".csv": _read_csv}
+            records = reader[suffix](path, text)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise UserError(f"{path}: cannot be read as {suffix[1:]} ({exc})") from None
     if not records:
         raise UserError(f"{path}: no records")
     return records
 
 
-def _read_jsonl(path: Path, opener) -> list[Record]:
+def _text(path: Path, decompress) -> str:
+    """The file's text: UTF-8, an optional byte-order mark dropped; bytes that are not UTF-8 are reported with their
+    line and column."""
+    data = path.read_bytes()
+    if decompress is not None:
+        data = decompress(data)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column})") from None
+
+
+def _json_error(path: Path, exc: json.JSONDecodeError, line: int | None = None) -> UserError:
+    """An error naming where the JSON went wrong; a problem noticed past the end of a line, or at the start of the
+    next one (a missing comma, bracket or brace), is reported at the end of the line where it is."""
+    text_line = exc.doc.splitlines()[exc.lineno - 1] if exc.doc.splitlines() else ""
+    line = (line or exc.lineno)
+    if exc.colno == 1 and exc.lineno > 1:
+        return UserError(f"{path}:{line - 1}: invalid JSON at the end of the line ({exc.msg})")
+    if exc.colno > len(text_line.rstrip()):
+        return UserError(f"{path}:{line}: invalid JSON at the end of the line ({exc.msg})")
+    return UserError(f"{path}:{line}: invalid JSON ({exc.msg} at column {exc.colno})")
+
+
+def _read_jsonl(path: Path, text: str) -> list[Record]:
     records = []
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
-            records.append(Record(f"{path}:{number}", obj))
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _json_error(path, exc, number) from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+        records.append(Record(f"{path}:{number}", obj))
     return records
 
 
-def _read_json_array(path: Path) -> list[Record]:
+def _read_json_array(path: Path, text: str) -> list[Record]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        raise _json_error(path, exc) from None
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON array of objects")
     records = []
@@ -88,12 +116,23 @@ def _read_json_array(path: Path) -> list[Record]:
     return records
 
 
-def _read_csv(path: Path) -> list[Record]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames:
+def _read_csv(path: Path, text: str) -> list[Record]:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if not header:
             return []
-        return [Record(f"{path}: row {index}", dict(row)) for index, row in enumerate(reader, start=1)]
+        records = []
+        for index, row in enumerate(reader, start=1):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise UserError(f"{path}: row {index}: {len(row)} fields where the header has {len(header)} "
+                                "(a stray comma, or a quote left open?)")
+            records.append(Record(f"{path}: row {index}", dict(zip(header, row))))
+    except csv.Error as exc:
+        raise UserError(f"{path}:{reader.line_num}: cannot be read as CSV ({exc}; a quote left open?)") from None
+    return records
 
 
 def _read_parquet(path: Path) -> list[Record]:
@@ -108,13 +147,15 @@ def _read_parquet(path: Path) -> list[Record]:
 
 
 def require_fields(records: Iterable[Record], fields: dict[str, type | tuple]) -> None:
-    """Check every record has each field with the expected type; name the first offender and the field."""
+    """Check every record has each field with the expected type (a string field must not be blank); name the first
+    offender and the field."""
     for record in records:
         for name, kinds in fields.items():
             if name not in record.data or record.data[name] is None:
                 raise UserError(f"{record.where}: missing field '{name}' (expected fields: {', '.join(fields)})")
-            if not isinstance(record.data[name], kinds):
+            value = record.data[name]
+            if not isinstance(value, kinds):
                 expected = kinds.__name__ if isinstance(kinds, type) else " or ".join(k.__name__ for k in kinds)
-                raise UserError(
-                    f"{record.where}: field '{name}' must be {expected}, got {type(record.data[name]).__name__}"
-                )
+                raise UserError(f"{record.where}: field '{name}' must be {expected}, got {type(value).__name__}")
+            if isinstance(value, str) and not value.strip():
+                raise UserError(f"{record.where}: field '{name}' is empty")

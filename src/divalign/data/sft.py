@@ -1,30 +1,26 @@
-"""Supervised fine-tuning data: prompt/completion pairs or chat ``messages``, rendered with the tokenizer.
+"""Supervised fine-tuning data, in TRL's formats: language modeling (``text``, or a conversation in ``messages``)
+and prompt-completion (``prompt`` and ``completion``, each a string or a conversation).
 
-Chat records hold ``messages``: a list of ``{"role": ..., "content": ...}`` whose last message is the
-assistant's reply. The tokenizer's chat template renders every earlier message plus the generation prompt as
-the prompt; the completion is what the template adds for the reply — its text and the template's own
-end-of-turn markup — the only part the loss sees.
+The loss covers the completion: all of a ``text``; the last message of a ``messages`` conversation (the assistant's
+reply, rendered by the chat template with its end-of-turn markup); the ``completion``. Conversations are rendered
+with the tokenizer's chat template (:mod:`divalign.data.chat`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from divalign.data.records import read_records, require_fields
+from divalign.data.chat import Rendered, Text, read_conversation, read_text, render
+from divalign.data.records import read_records
 from divalign.errors import UserError
 
 
 @dataclass(frozen=True)
 class Demonstration:
-    prompt: str
-    completion: str
-
-
-@dataclass(frozen=True)
-class Chat:
-    messages: tuple[tuple[str, str], ...]  #: (role, content), the last one the assistant's reply
-    where: str
+    prompt: Text  #: "" for language-modeling text
+    completion: Text
+    where: str = field(default="", compare=False)  #: file and line, for messages
 
 
 def read_sft(
@@ -32,48 +28,38 @@ def read_sft(
     prompt_field: str = "prompt",
     completion_field: str = "completion",
     messages_field: str = "messages",
-) -> list[Demonstration | Chat]:
-    """Chat records if the first record has ``messages_field``, else prompt/completion records."""
+    text_field: str = "text",
+) -> list[Demonstration]:
+    """The file's format is read from its first record: ``messages_field`` (a conversation), ``text_field`` without
+    ``prompt_field`` (plain text), or ``prompt_field`` with ``completion_field``."""
     records = read_records(path)
-    if messages_field in records[0].data:
-        require_fields(records, {messages_field: list})
-        return [_chat(r.data[messages_field], f"{r.where}: field '{messages_field}'", r.where) for r in records]
-    require_fields(records, {prompt_field: str, completion_field: str})
-    return [Demonstration(r.data[prompt_field], r.data[completion_field]) for r in records]
+    first = records[0].data
+    if messages_field in first:
+        return [_conversation(r.data.get(messages_field), r.where, messages_field) for r in records]
+    if text_field in first and prompt_field not in first:
+        return [Demonstration("", read_text(r.data.get(text_field), r.where, text_field, conversation_ok=False),
+                              r.where) for r in records]
+    out = []
+    for r in records:
+        for name in (prompt_field, completion_field):
+            if name not in r.data:
+                raise UserError(f"{r.where}: missing field '{name}' (expected '{prompt_field}' and "
+                                f"'{completion_field}', '{text_field}' or '{messages_field}')")
+        out.append(Demonstration(read_text(r.data[prompt_field], r.where, prompt_field),
+                                 read_text(r.data[completion_field], r.where, completion_field), r.where))
+    return out
 
 
-def _chat(messages: list, where_field: str, where: str) -> Chat:
-    if not messages:
-        raise UserError(f"{where_field}: empty conversation")
-    turns = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise UserError(f"{where_field}[{i}]: expected an object with string 'role' and 'content'")
-        turns.append((m["role"], m["content"]))
+def _conversation(value, where: str, name: str) -> Demonstration:
+    if not isinstance(value, list):
+        raise UserError(f"{where}: field '{name}' must be a list of messages, got {type(value).__name__}")
+    turns = read_conversation(value, where, name)
     if turns[-1][0] != "assistant":
-        raise UserError(f"{where_field}: the last message must be the assistant's reply (got role '{turns[-1][0]}')")
-    return Chat(tuple(turns), where)
+        raise UserError(f"{where}: field '{name}': the last message must be the assistant's reply (got role "
+                        f"'{turns[-1][0]}')")
+    return Demonstration(turns[:-1], turns[-1:], where)
 
 
-def render(tokenizer, item: Demonstration | Chat) -> tuple[str, str, bool]:
-    """(prompt text, completion text, whether the texts come from the chat template).
-
-    Plain completions get the tokenizer's end-of-sequence token appended when tokenised; templated ones already
-    end with whatever the template closes a reply with.
-    """
-    if isinstance(item, Demonstration):
-        return item.prompt, item.completion, False
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(
-            f"{item.where}: chat 'messages' need a tokenizer with a chat template, and this "
-            "tokenizer has none (add one to tokenizer_config.json, or use prompt/completion data)"
-        )
-    messages = [{"role": role, "content": content} for role, content in item.messages]
-    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
-    if not full.startswith(prompt):
-        raise UserError(
-            f"{item.where}: the chat template renders the conversation so that it does not start "
-            "with the rendered prompt; the reply cannot be separated from it"
-        )
-    return prompt, full[len(prompt) :], True
+def render_demonstrations(tokenizer, items: list[Demonstration]) -> list[Rendered]:
+    """Every demonstration as text (conversations through the chat template)."""
+    return [render(tokenizer, item.prompt, item.completion, item.where) for item in items]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from divalign.data.chat import Text, is_conversation, render
+from divalign.data.encoding import prompt_ids
 from divalign.generation import make_sampler
 from divalign.tracking import progress
 
@@ -54,16 +56,18 @@ class GenerationCache:
                 handle.flush()
 
 
-def render_prompt(tokenizer, prompt: str, prompt_format: str) -> str:
-    """The text the model sees: the chat template when the tokenizer has one, else ``prompt_format``."""
+def render_prompt(tokenizer, prompt: Text, prompt_format: str) -> tuple[str, bool]:
+    """The text the model sees, and whether it comes from the chat template: a conversation through the template;
+    a request as the user's message through the template when the tokenizer has one, else ``prompt_format``."""
+    if is_conversation(prompt):
+        return render(tokenizer, prompt, None, "prompt").prompt, True
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=False)
-    return prompt_format.format(prompt=prompt)
+        return render(tokenizer, (("user", prompt),), None, "prompt").prompt, True
+    return prompt_format.format(prompt=prompt), False
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], decoding: Decoding, *, cache: GenerationCache | None = None,
+def generate(model, tokenizer, prompts: list[Text], decoding: Decoding, *, cache: GenerationCache | None = None,
              model_id: str = "model", prompt_format: str = "{prompt}", batch_size: int = 32, samples: int = 1,
              desc: str = "generating", show_progress: bool = True) -> list[dict]:
     """Responses to ``prompts`` (dicts with ``response``, ``tokens`` and ``truncated``), reusing the cache.
@@ -82,11 +86,10 @@ def generate(model, tokenizer, prompts: list[str], decoding: Decoding, *, cache:
     was_training = model.training
     model.eval()
     bar = progress(len(prompts), initial=len(prompts) - len(todo), desc=desc, enabled=show_progress)
-    templated = bool(getattr(tokenizer, "chat_template", None))
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
-        ids = [tokenizer(render_prompt(tokenizer, prompts[i], prompt_format),
-                         add_special_tokens=not templated)["input_ids"][-max(1, limit):] for i in chunk]
+        ids = [prompt_ids(tokenizer, *render_prompt(tokenizer, prompts[i], prompt_format))[-max(1, limit):]
+               for i in chunk]
         generator = torch.Generator().manual_seed(decoding.seed * 1_000_003 + start)
         budget = max(1, min(decoding.max_new_tokens, context - max(map(len, ids))))
         rollout = sampler.generate(ids, budget, decoding.temperature, greedy=decoding.greedy,

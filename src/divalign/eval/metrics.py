@@ -7,6 +7,7 @@ import statistics
 
 import torch
 
+from divalign.data.encoding import prompt_ids
 from divalign.data.tokens import pad
 from divalign.generation import make_sampler
 from divalign.models import completion_logprobs, segment_logprobs
@@ -14,15 +15,17 @@ from divalign.objectives.kl import k3
 
 
 @torch.no_grad()
-def kl_to_reference(model, reference, tokenizer, prompts: list[str], *, samples_per_prompt: int = 4,
+def kl_to_reference(model, reference, tokenizer, prompts: list[str | tuple[str, bool]], *, samples_per_prompt: int = 4,
                     max_new_tokens: int = 64, temperature: float = 1.0, seed: int = 0, batch_size: int = 16) -> dict:
     """KL(π ‖ π_ref) over completions sampled from π, estimated per completion by Σ_t log π(y_t|·) − log π_ref(y_t|·)
-    (k1, unbiased) with its standard error, and by Σ_t k3 (unbiased, non-negative, lower variance)."""
+    (k1, unbiased) with its standard error, and by Σ_t k3 (unbiased, non-negative, lower variance). A prompt is a
+    string, or (text, whether the chat template wrote it)."""
     sampler = make_sampler(model, tokenizer)
     k1_values, k3_values = [], []
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, len(prompts), batch_size):
-        ids = [tokenizer(p)["input_ids"] for p in prompts[start:start + batch_size]]
+        ids = [prompt_ids(tokenizer, *(p if isinstance(p, tuple) else (p, False)))
+               for p in prompts[start:start + batch_size]]
         rollout = sampler.generate(ids, max_new_tokens, temperature, generator=generator,
                                    num_samples=samples_per_prompt)
         batch = rollout.sequences()

@@ -16,20 +16,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from divalign.data.encoding import prompt_ids
 from divalign.generation import left_pad
 from divalign.models.positions import position_ids
 
 
 @torch.no_grad()
-def last_token_states(model, tokenizer, prompts: list[str], batch_size: int = 32, max_tokens: int = 256) -> np.ndarray:
-    """(N, hidden) final hidden states at each prompt's last token (prompts keep their last ``max_tokens``)."""
+def last_token_states(model, tokenizer, prompts: list[tuple[str, bool]], batch_size: int = 32,
+                      max_tokens: int = 256) -> np.ndarray:
+    """(N, hidden) final hidden states at each prompt's last token (prompts, each (text, whether the chat template
+    wrote it), keep their last ``max_tokens``)."""
     base = getattr(model, "model", None) or model.base_model
     was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = left_pad([tokenizer(p)["input_ids"][-max_tokens:] for p in prompts[start:start + batch_size]],
-                             tokenizer.pad_token_id)
+        ids, mask = left_pad([prompt_ids(tokenizer, text, templated)[-max_tokens:]
+                              for text, templated in prompts[start:start + batch_size]], tokenizer.pad_token_id)
         hidden = base(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
         out.append(hidden.last_hidden_state[:, -1].float().numpy())
     model.train(was_training)

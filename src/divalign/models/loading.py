@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from divalign.errors import UserError
 from divalign.models.runtime import configure
@@ -27,8 +29,21 @@ def _config_dict(path: Path) -> dict:
         raise UserError(f"{config_file}: invalid JSON ({exc})") from None
 
 
-def check_causal_lm_folder(path: str | os.PathLike) -> dict:
-    """Validate that ``path`` holds a causal LM that AutoModelForCausalLM can load; return its config dict."""
+#: What loading a model folder raises when its files are not what they should be.
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError)
+
+
+def _load_error(path, exc: BaseException) -> UserError:
+    if isinstance(exc, pickle.UnpicklingError):
+        return UserError(f"'{path}': its pickled weights (*.bin) hold objects other than tensors, so they are refused "
+                         "(nothing in them ran); convert the model to safetensors")
+    lines = str(exc).strip().splitlines()
+    return UserError(f"'{path}': cannot load the model ({lines[0][:300] if lines else type(exc).__name__})")
+
+
+def check_causal_lm_folder(path: str | os.PathLike, trust_remote_code: bool = False) -> dict:
+    """Validate that ``path`` holds a causal LM that AutoModelForCausalLM can load (custom code only when trusted);
+    return its config dict."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -48,6 +63,8 @@ def check_causal_lm_folder(path: str | os.PathLike) -> dict:
         raise UserError(f"{path / 'config.json'}: cannot be read as a model configuration ({exc})") from None
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise UserError(f"'{path}' has no weights (expected model.safetensors or pytorch_model.bin)")
+    if "auto_map" in config and not trust_remote_code:
+        raise UserError(f"'{path}' needs custom code (config.json has auto_map); pass --trust-remote-code to allow it")
     return config
 
 
@@ -55,7 +72,7 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"'{path}': no usable tokenizer ({str(exc).splitlines()[0]})") from None
     if tokenizer.pad_token_id is None:
@@ -81,14 +98,12 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM
 
-    config = check_causal_lm_folder(path)
-    if "auto_map" in config and not trust_remote_code:
-        raise UserError(f"'{path}' needs custom code (config.json has auto_map); pass --trust-remote-code to allow it")
+    check_causal_lm_folder(path, trust_remote_code)
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "local_files_only": True}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"'{path}': cannot load the model ({str(exc).splitlines()[0]})") from None
+    except LOAD_ERRORS as exc:
+        raise _load_error(path, exc) from None
     tokenizer = load_tokenizer(path, trust_remote_code)
     disable_dropout(model)
     model = model.to(device)
@@ -101,7 +116,7 @@ def load_reward_model(path, trust_remote_code: bool = False, seed: int = 0):
     starts from ``seed``)."""
     from transformers import AutoModelForSequenceClassification
 
-    check_causal_lm_folder(path)
+    check_causal_lm_folder(path, trust_remote_code)
     tokenizer = load_tokenizer(path, trust_remote_code)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -113,8 +128,8 @@ def load_reward_model(path, trust_remote_code: bool = False, seed: int = 0):
                 trust_remote_code=trust_remote_code,
                 local_files_only=True,
             )
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise UserError(f"'{path}': cannot build a reward model ({str(exc).splitlines()[0]})") from None
+        except LOAD_ERRORS as exc:
+            raise _load_error(path, exc) from None
     disable_dropout(model)
     return model, tokenizer
 

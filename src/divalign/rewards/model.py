@@ -9,7 +9,7 @@ import torch
 
 from divalign.data.encoding import encode_texts
 from divalign.errors import UserError
-from divalign.models import load_reward_model, sequence_scores
+from divalign.models import check_causal_lm_folder, load_reward_model, sequence_scores
 from divalign.rewards.base import Reward
 
 
@@ -17,7 +17,8 @@ class RewardModelScorer(Reward):
     """Scores with an ``AutoModelForSequenceClassification`` folder of one label (as ``divalign rm`` saves).
 
     Inputs are cut to ``max_length`` tokens as in training (256, ``divalign rm``'s default). It reads no gold
-    answer.
+    answer. Construction checks the folder; the model loads at the first batch it scores, so a command can check
+    every input before any model loads.
     """
 
     needs_answers = False
@@ -35,12 +36,15 @@ class RewardModelScorer(Reward):
                     f"'{folder}' is not a reward model (config.json architectures {archs}; expected a "
                     "*ForSequenceClassification model, as `divalign rm` saves)"
                 )
-        self.model, self.tokenizer = load_reward_model(folder)
-        self.model.requires_grad_(False).eval()
+        check_causal_lm_folder(folder)
+        self.folder, self.model, self.tokenizer = folder, None, None
         self.max_length, self.batch_size = max_length, batch_size
 
     @torch.no_grad()
     def score(self, prompts: list[str], completions: list[str], answers: list[str] | None = None) -> list[float]:
+        if self.model is None:
+            self.model, self.tokenizer = load_reward_model(self.folder)
+            self.model.requires_grad_(False).eval()
         out = []
         for start in range(0, len(prompts), self.batch_size):
             ids, mask = encode_texts(

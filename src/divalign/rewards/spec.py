@@ -15,12 +15,15 @@ import math
 import os
 from dataclasses import dataclass
 
+from divalign.data.prompts import Example
 from divalign.errors import UserError
 from divalign.rewards.base import PerSample, Reward, Weighted
 from divalign.rewards.model import RewardModelScorer
 from divalign.rewards.sandboxed import Sandboxed
 from divalign.sandbox import import_function
 from divalign.verifiers import IN_PROCESS, OUT_OF_PROCESS
+from divalign.verifiers.math import parse_gold
+from divalign.verifiers.numeric import plain_number
 
 INVALID = ("error", "zero")
 
@@ -100,3 +103,24 @@ def _sandboxed(target: str, name: str, options: RewardOptions, needs_answers: bo
     workers = options.reward_workers or os.cpu_count() or 1
     return Sandboxed(target, name, options.reward_timeout, workers, options.reward_max_failures,
                      options.reward_invalid, needs_answers)
+
+
+def verifiers_of(spec: str) -> set[str]:
+    """The built-in verifiers a spec uses (they read the gold answers)."""
+    names = {term.partition("*")[2].strip() if "*" in term else term.strip() for term in spec.split("+")}
+    return names & {*IN_PROCESS, *OUT_OF_PROCESS}
+
+
+def check_answers(spec: str, examples: list[Example]) -> None:
+    """Before any model loads: every example has the gold answer the spec's verifiers read, in a form they read
+    (a plain number for ``numeric``, mathematics for ``math``); a one-line error naming the first that has not."""
+    verifiers = verifiers_of(spec)
+    for ex in examples if verifiers else []:
+        if not ex.answer.strip():
+            raise UserError(f"{ex.where}: no gold answer, and the reward '{spec}' checks one")
+        if "numeric" in verifiers and plain_number(ex.answer) is None:
+            raise UserError(f"{ex.where}: the gold answer {ex.answer.strip()[:60]!r} is not a plain number, which the "
+                            "numeric reward compares; use --reward math for mathematical answers")
+        if "math" in verifiers and not parse_gold(ex.answer):
+            raise UserError(f"{ex.where}: the gold answer {ex.answer.strip()[:60]!r} cannot be read as mathematics "
+                            "(the math reward)")

@@ -66,6 +66,9 @@ class RLConfig(ObjectiveChoice, ModelOptions, RewardOptions, CompileOptions, Opt
     """Preference pairs (file or built-in name) for an objective with an off-policy part (f-HAL)."""
     preference_batch_size: int = 16
     """Preference responses (chosen + rejected) per optimizer step, for an objective with an off-policy part."""
+    drop_identical_pairs: bool = False
+    """Leave out --preference-data pairs whose chosen and rejected are identical (with a warning) instead of
+    stopping."""
     advantage: str = "auto"
     """Advantage estimator: auto (the objective's own), or another registered estimator the objective can use
     (group, group_mean, rloo, ...)."""

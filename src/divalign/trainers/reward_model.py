@@ -57,7 +57,8 @@ class RewardModelTrainer:
     def _pair_scores(self, model, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
         prompts = [p.prompt for p in pairs for _ in range(2)]
         responses = [r for p in pairs for r in (p.chosen, p.rejected)]
-        ids, mask = encode_texts(self.tokenizer, prompts, responses, self.config.max_length)
+        templated = [p.templated for p in pairs for _ in range(2)]
+        ids, mask = encode_texts(self.tokenizer, prompts, responses, self.config.max_length, templated)
         s = sequence_scores(model, ids, mask)
         return s[0::2], s[1::2]
 

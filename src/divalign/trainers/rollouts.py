@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from divalign.data.encoding import prompt_ids
 from divalign.generation import Rollout, Sampler, concat_rollouts
 from divalign.objectives import RolloutPlan
 from divalign.rewards import Reward, overlong_penalty
@@ -84,7 +85,7 @@ class RolloutCollector:
         for round in range(rounds):
             t = time.perf_counter()
             examples = self.prompts.batch(step, s.prompts_per_step, round)
-            rollout = self.sampler.generate([self._encode(ex.prompt) for ex in examples], s.max_new_tokens,
+            rollout = self.sampler.generate([self._encode(ex) for ex in examples], s.max_new_tokens,
                                             s.temperature, generator=step_generator(s.seed, step, round),
                                             num_samples=g)
             texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
@@ -130,10 +131,10 @@ class RolloutCollector:
             timings["score_s"] += time.perf_counter() - t
         return batch
 
-    def _encode(self, prompt: str) -> list[int]:
-        if prompt not in self._prompt_ids:
-            self._prompt_ids[prompt] = self.tokenizer(prompt)["input_ids"]
-        return self._prompt_ids[prompt]
+    def _encode(self, example) -> list[int]:
+        if example.prompt not in self._prompt_ids:
+            self._prompt_ids[example.prompt] = prompt_ids(self.tokenizer, example.prompt, example.templated)
+        return self._prompt_ids[example.prompt]
 
     def _score(self, prompts, completions, answers, lengths, truncated) -> tuple[torch.Tensor, torch.Tensor]:
         """(reward with the overlong punishment when the plan asks for it, the reward alone)."""

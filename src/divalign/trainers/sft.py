@@ -10,15 +10,16 @@ completion tokens.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 
 import torch
 
+from divalign.data.chat import Rendered
+from divalign.data.encoding import prompt_ids, response_ids
 from divalign.data.order import EpochOrder
-from divalign.data.sft import Chat, Demonstration, render
 from divalign.data.tokens import fit
 from divalign.models import configure, segment_logprobs, set_training
+from divalign.tracking import warn
 from divalign.trainers.loop import Clock
 from divalign.trainers.optim import Optimization
 from divalign.trainers.options import (
@@ -33,14 +34,17 @@ from divalign.trainers.options import (
 
 @dataclass
 class SFTConfig(ModelOptions, DataOptions, BatchOptions, ForwardOptions, OptimizerOptions, RunOptions):
-    """Supervised fine-tuning on prompt/completion or chat data; the loss covers completion tokens only (the held-out
-    data's loss and perplexity are logged)."""
+    """Supervised fine-tuning on prompt-completion data, plain text or conversations; the loss covers completion
+    tokens only (the held-out data's loss and perplexity are logged)."""
 
     output_dir: str = "runs/sft"
     completion_field: str = "completion"
     """Field holding the completion."""
     messages_field: str = "messages"
-    """Field holding chat messages (used when the records have it)."""
+    """Field holding a conversation whose last message, the assistant's reply, is learnt (used when the records
+    have it)."""
+    text_field: str = "text"
+    """Field holding plain text to learn whole (used when the records have it and no prompt field)."""
     packing: bool = False
     """Pack several examples into each row of max_length tokens."""
     max_length: int = 512
@@ -54,19 +58,17 @@ class Tokenized:
     completion_start: int  #: tokens before this index are prompt (no loss)
 
 
-def tokenize(tokenizer, items: list[Demonstration | Chat], max_length: int) -> list[Tokenized]:
+def tokenize(tokenizer, items: list[Rendered], max_length: int) -> list[Tokenized]:
     """Prompt + completion + end-of-sequence token ids, cut to ``max_length`` by :func:`divalign.data.tokens.fit`."""
     out, cut = [], 0
-    eos = tokenizer.eos_token_id
     for item in items:
-        prompt, completion, templated = render(tokenizer, item)
-        prompt_ids = tokenizer(prompt, add_special_tokens=not templated)["input_ids"]
-        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + ([] if templated else [eos])
-        fitted_prompt, fitted_completion = fit(prompt_ids, completion_ids, max_length)
-        cut += len(fitted_prompt) + len(fitted_completion) < len(prompt_ids) + len(completion_ids)
+        prompt = prompt_ids(tokenizer, item.prompt, item.templated)
+        completion = response_ids(tokenizer, item.completion, item.templated)
+        fitted_prompt, fitted_completion = fit(prompt, completion, max_length)
+        cut += len(fitted_prompt) + len(fitted_completion) < len(prompt) + len(completion)
         out.append(Tokenized(fitted_prompt + fitted_completion, len(fitted_prompt)))
     if cut:
-        print(f"divalign: warning: {cut} of {len(items)} examples cut to max_length {max_length}", file=sys.stderr)
+        warn(f"{cut} of {len(items)} examples cut to max_length {max_length}")
     return out
 
 
@@ -113,9 +115,9 @@ class SFTTrainer:
         self,
         model,
         tokenizer,
-        items: list[Demonstration | Chat],
+        items: list[Rendered],
         config: SFTConfig,
-        eval_items: list[Demonstration | Chat] | None = None,
+        eval_items: list[Rendered] | None = None,
     ):
         self.policy, self.tokenizer, self.config = model, tokenizer, config
         configure(model, fast_path=config.fast_path)

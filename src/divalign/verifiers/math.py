@@ -10,20 +10,28 @@ it. math-verify bounds each of its own steps with a timer; divalign runs this ve
 
 from __future__ import annotations
 
-from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+import functools
 
-_GOLD = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+
+@functools.cache
+def _math_verify():
+    """math-verify and the gold extraction settings, imported on first use (sympy takes a moment to load)."""
+    import math_verify
+
+    gold = [math_verify.LatexExtractionConfig(boxed_match_priority=0), math_verify.ExprExtractionConfig()]
+    return math_verify, gold
 
 
 def parse_gold(answer: str | float) -> list:
     """The gold answer as math-verify's parsed form (empty when it cannot be read as mathematics)."""
+    math_verify, extraction = _math_verify()
     text = str(answer)
     if "####" in text:
         text = text.rsplit("####", 1)[1]
     text = text.strip()
     if "$" not in text and "\\boxed" not in text:
         text = f"\\boxed{{{text}}}"
-    return parse(text, extraction_config=_GOLD)
+    return math_verify.parse(text, extraction_config=extraction)
 
 
 def math_reward(completion: str, answer: str | float) -> float:
@@ -32,4 +40,5 @@ def math_reward(completion: str, answer: str | float) -> float:
     gold = parse_gold(answer)
     if not gold:
         raise ValueError(f"gold answer {str(answer).strip()[:80]!r} cannot be read as mathematics")
-    return 1.0 if verify(gold, parse(completion)) else 0.0
+    math_verify = _math_verify()[0]
+    return 1.0 if math_verify.verify(gold, math_verify.parse(completion)) else 0.0
