@@ -44,7 +44,7 @@ def distinct_pairs(rewards: Tensor, scores: Tensor, group_ids: Tensor, num_group
     return adv / (group_std(rewards, group_ids, num_groups) + STD_EPS)
 
 
-@register("distinct", options=DistinctOptions, needs_scores=True)
+@register("distinct", options=DistinctOptions, needs_scores=True, min_group_size=2)
 def distinct(inputs: EstimatorInputs, options: DistinctOptions) -> Advantages:
     """Distinctiveness-masked pairs (DaGRPO)."""
     return Advantages(distinct_pairs(inputs.sequence_rewards(), inputs.scores, inputs.group_ids, inputs.num_groups,

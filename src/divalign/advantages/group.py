@@ -36,13 +36,13 @@ def group_std(rewards: Tensor, group_ids: Tensor, num_groups: int) -> Tensor:
     return group_mean(centered * centered, group_ids, num_groups).sqrt()[group_ids]
 
 
-@register("group")
+@register("group", min_group_size=2)
 def group(inputs: EstimatorInputs, options) -> Advantages:
     """Group-normalised (GRPO)."""
     return Advantages(group_normalized(inputs.sequence_rewards(), inputs.group_ids, inputs.num_groups))
 
 
-@register("group_mean")
+@register("group_mean", min_group_size=2)
 def centred(inputs: EstimatorInputs, options) -> Advantages:
     """Group-centred, no std division (Dr. GRPO)."""
     return Advantages(group_normalized(inputs.sequence_rewards(), inputs.group_ids, inputs.num_groups, scale=False))

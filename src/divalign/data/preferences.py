@@ -38,20 +38,19 @@ class Unpaired:
 
 def _check_identical(pairs: list[Pair], drop_identical: bool, source: str) -> list[Pair]:
     """A pair whose chosen and rejected are identical carries no preference: an error naming its line, or with
-    ``drop_identical`` a warning naming it and the pair left out."""
-    kept = []
-    for pair in pairs:
-        if pair.chosen == pair.rejected:
-            if not drop_identical:
-                raise UserError(
-                    f"{pair.where}: chosen and rejected are identical (remove the pair, or allow dropping "
-                    "such pairs with --drop-identical-pairs)"
-                )
-            warn(f"{pair.where}: chosen and rejected are identical; pair left out")
-            continue
-        kept.append(pair)
+    ``drop_identical`` the pairs left out and one warning that counts them and names the first."""
+    identical = [pair for pair in pairs if pair.chosen == pair.rejected]
+    if identical and not drop_identical:
+        raise UserError(
+            f"{identical[0].where}: chosen and rejected are identical (remove the pair, or allow dropping "
+            "such pairs with --drop-identical-pairs)"
+        )
+    kept = [pair for pair in pairs if pair.chosen != pair.rejected]
     if not kept:
-        raise UserError(f"{source}: no usable preference pairs")
+        raise UserError(f"{source}: no usable preference pairs (all {len(pairs)} have identical chosen and rejected)")
+    if identical:
+        warn(f"{source}: {len(identical)} of {len(pairs)} pairs have identical chosen and rejected and are left "
+             f"out (the first at {identical[0].where})")
     return kept
 
 

@@ -105,8 +105,9 @@ class RLConfig(ObjectiveChoice, ModelOptions, RewardOptions, CompileOptions, Opt
             raise ValueError(f"advantage: estimator '{self.estimator}' needs options that objective "
                              f"'{self.objective}' does not have")
         if self.num_generations < estimator.min_group_size:
-            raise ValueError(f"advantage: estimator '{self.estimator}' needs num-generations >= "
-                             f"{estimator.min_group_size} (got {self.num_generations})")
+            raise ValueError(f"num_generations: the advantage estimator '{self.estimator}' compares the completions of "
+                             f"a prompt, so it needs num-generations >= {estimator.min_group_size} (got "
+                             f"{self.num_generations}; one completion per prompt would train on zero advantages)")
 
     @property
     def estimator(self) -> str:

@@ -11,19 +11,25 @@ it. math-verify bounds each of its own steps with a timer; divalign runs this ve
 from __future__ import annotations
 
 import functools
+import warnings
 
 
 @functools.cache
 def _math_verify():
     """math-verify and the gold extraction settings, imported on first use (sympy takes a moment to load)."""
     import math_verify
+    from sympy.utilities.exceptions import SymPyDeprecationWarning
 
+    # sympy warns about deprecated forms while math-verify tries readings of odd completions; the warnings say
+    # nothing about the answer and would flood a run's output.
+    warnings.filterwarnings("ignore", category=SymPyDeprecationWarning)
     gold = [math_verify.LatexExtractionConfig(boxed_match_priority=0), math_verify.ExprExtractionConfig()]
     return math_verify, gold
 
 
 def parse_gold(answer: str | float) -> list:
-    """The gold answer as math-verify's parsed form (empty when it cannot be read as mathematics)."""
+    """The gold answer as math-verify's parsed form: an expression and the text it came from; empty when it
+    cannot be read as mathematics (math-verify then keeps only the text, as with an unclosed ``\\frac{``)."""
     math_verify, extraction = _math_verify()
     text = str(answer)
     if "####" in text:
@@ -31,7 +37,8 @@ def parse_gold(answer: str | float) -> list:
     text = text.strip()
     if "$" not in text and "\\boxed" not in text:
         text = f"\\boxed{{{text}}}"
-    return math_verify.parse(text, extraction_config=extraction)
+    parsed = math_verify.parse(text, extraction_config=extraction)
+    return parsed if any(not isinstance(item, str) for item in parsed) else []
 
 
 def math_reward(completion: str, answer: str | float) -> float:
