@@ -29,7 +29,7 @@ from divalign.eval.safety.gcg import gcg_attack
 from divalign.eval.safety.judge import train_and_score
 from divalign.eval.safety.suite import run_safety
 from divalign.eval.separation import last_token_states, separation
-from divalign.models import check_causal_lm_folder, load_causal_lm
+from divalign.models import check_causal_lm_folder, load_causal_lm, load_tokenizer
 from divalign.rewards import RewardOptions
 from divalign.rewards.spec import check_answers, verifiers_of
 from divalign.tasks.arithmetic import ArithmeticTask
@@ -148,6 +148,11 @@ def validate(config: EvalConfig) -> None:
         raise UserError("--model-b needs --judge-rm (a reward model that judges the win rate)")
     if config.calibration and not config.task:
         raise UserError("--calibration needs --task (answers that can be checked)")
+    try:
+        config.prompt_format.format(prompt="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"prompt-format: {config.prompt_format!r} is not a format with one {{prompt}} field "
+                        f"({type(exc).__name__}: {exc})") from None
 
 
 def run(config: EvalConfig) -> dict:
@@ -161,6 +166,9 @@ def run(config: EvalConfig) -> dict:
     for folder in (config.model, config.reference, config.model_b):
         if folder:
             check_causal_lm_folder(folder, config.trust_remote_code)
+    # every request through the template now, so a conversation the template cannot render fails before loading
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code) if prompts else None
+    texts = [render_prompt(tokenizer, ex.prompt, config.prompt_format, ex.where or "prompt")[0] for ex in requests]
     scorer = rewards.get(config.reward, config) if config.reward else None
     judge = rewards.get(f"rm:{config.judge_rm}") if config.model_b else None
     out = check_output_dir(config.output_dir, config.resume)
@@ -193,7 +201,7 @@ def run(config: EvalConfig) -> dict:
         answers = generate(model, tokenizer, prompts, greedy, desc="responses", **common)
         section("lengths", lambda: length_stats([a["tokens"] for a in answers], [a["truncated"] for a in answers]))
         # the request itself for a string (as a reward model reads it), the chat template's text for a conversation
-        texts = [p if isinstance(p, str) else render_prompt(tokenizer, p, config.prompt_format)[0] for p in prompts]
+        texts = [p if isinstance(p, str) else text for p, text in zip(prompts, texts)]
         if scorer is not None:
             section("reward", lambda: {"reward_mean": sum(scorer(texts, [a["response"] for a in answers],
                                                                  [ex.answer for ex in requests])) / len(prompts)})

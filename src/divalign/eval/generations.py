@@ -56,13 +56,14 @@ class GenerationCache:
                 handle.flush()
 
 
-def render_prompt(tokenizer, prompt: Text, prompt_format: str) -> tuple[str, bool]:
+def render_prompt(tokenizer, prompt: Text, prompt_format: str, where: str = "prompt") -> tuple[str, bool]:
     """The text the model sees, and whether it comes from the chat template: a conversation through the template;
-    a request as the user's message through the template when the tokenizer has one, else ``prompt_format``."""
+    a request as the user's message through the template when the tokenizer has one, else ``prompt_format``.
+    ``where`` names the request in errors (its file and line)."""
     if is_conversation(prompt):
-        return render(tokenizer, prompt, None, "prompt").prompt, True
+        return render(tokenizer, prompt, None, where).prompt, True
     if getattr(tokenizer, "chat_template", None):
-        return render(tokenizer, (("user", prompt),), None, "prompt").prompt, True
+        return render(tokenizer, (("user", prompt),), None, where).prompt, True
     return prompt_format.format(prompt=prompt), False
 
 
