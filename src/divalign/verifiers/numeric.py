@@ -8,7 +8,7 @@ commas, dollar signs and trailing periods are ignored).
 The gold answer must be a plain number — a number written alone (``18``, ``-3.5``, ``3/4``, ``1,000``) or after
 GSM8K's ``####`` — and :func:`gold_number` refuses anything else (LaTeX such as ``\\frac{1}{2}`` or an interval):
 comparing last numbers would score ``\\frac{15}{3}`` right for ``\\frac{14}{3}``. Mathematical answers take the
-``math`` verifier (:mod:`divalign.verifiers.math`).
+``math`` verifier (:mod:`divalign.verifiers.math`). Both: docs/algorithms.md#verifiable-rewards.
 """
 
 from __future__ import annotations
