@@ -12,6 +12,10 @@ Sources (each gold answer is scored against completions that state it, and again
   intervals, tuples, sets, matrices, percentages, degrees, thousands separators, text answers, ...): each
   equivalent form and each near miss in three completion styles: a worked answer ending ``$\\boxed{X}$``, a
   sentence ``The final answer is $X$.``, and the bare answer ``X``.
+* A second written set, made apart from the code and first run against it unseen
+  (tests/data/math_answers_second_set.jsonl, 152 gold answers in MATH's proportions of answer types, same three
+  styles), and its 40 MATH-style reference solutions, each also with its boxed answer changed to a near miss
+  (tests/data/math_solutions_second_set.jsonl).
 
 "math-verify direct" is its README's use: ``verify(parse("$" + gold + "$"), parse(completion))``. ``numeric``
 refuses gold answers that are not plain numbers (counted as refused, not as scored).
@@ -32,7 +36,9 @@ from divalign.verifiers.math import math_reward
 from divalign.verifiers.numeric import numeric_reward, plain_number
 
 ROOT = Path(__file__).resolve().parent
-CASES = ROOT.parent / "tests" / "data" / "math_answers.jsonl"
+TEST_DATA = ROOT.parent / "tests" / "data"
+CASE_SETS = {"written MATH-style cases": TEST_DATA / "math_answers.jsonl",
+             "second written set": TEST_DATA / "math_answers_second_set.jsonl"}
 STYLES = {
     "worked, boxed": "We compute step by step: $2+2=4$, and $4 \\cdot 3 = 12$. Therefore the answer is $\\boxed{{{}}}$.",
     "sentence": "Putting it together, the final answer is ${}$.",
@@ -85,11 +91,15 @@ def sources(data: Path) -> dict[str, list[tuple[str, str, float]]]:
             rows += [(boxed(number_text(value)), gold, 1.0), (boxed(number_text(value + 1)), gold, 0.0),
                      (boxed(number_text(value * 10)), gold, 0.0)]
         out[f"{name}: boxed answer / + 1, × 10"] = rows
-    cases = read_jsonl(CASES)
-    for style, template in STYLES.items():
-        out[f"written MATH-style cases, {style}"] = [
-            (template.format(x), c["gold"], expected)
-            for c in cases for expected, forms in ((1.0, c["same"]), (0.0, c["different"])) for x in forms]
+    for name, path in CASE_SETS.items():
+        cases = read_jsonl(path)
+        for style, template in STYLES.items():
+            out[f"{name}, {style}"] = [
+                (template.format(x), c["gold"], expected)
+                for c in cases for expected, forms in ((1.0, c["same"]), (0.0, c["different"])) for x in forms]
+    solutions = read_jsonl(TEST_DATA / "math_solutions_second_set.jsonl")
+    out["second written set: reference solutions / near miss boxed"] = [
+        row for r in solutions for row in ((r["solution"], r["gold"], 1.0), (r["wrong_solution"], r["gold"], 0.0))]
     return out
 
 

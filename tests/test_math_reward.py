@@ -11,7 +11,9 @@ from divalign.rewards import RewardOptions, get
 from divalign.verifiers.math import math_reward, parse_gold
 from divalign.verifiers.numeric import plain_number
 
-CASES = [json.loads(line) for line in (Path(__file__).parent / "data" / "math_answers.jsonl").read_text().splitlines()]
+DATA = Path(__file__).parent / "data"
+CASES = [json.loads(line) for name in ("math_answers.jsonl", "math_answers_second_set.jsonl")
+         for line in (DATA / name).read_text().splitlines()]
 STYLES = ("The answer is therefore $\\boxed{{{}}}$.", "The final answer is ${}$.", "{}")
 
 
@@ -22,6 +24,13 @@ def test_equivalent_forms_score_one_and_near_misses_zero(case):
             assert math_reward(style.format(form), case["gold"]) == 1.0, (style.format(form), case["gold"])
         for form in case["different"]:
             assert math_reward(style.format(form), case["gold"]) == 0.0, (style.format(form), case["gold"])
+
+
+def test_reference_solutions_score_one_and_a_near_miss_in_their_box_zero():
+    for line in (DATA / "math_solutions_second_set.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        assert math_reward(r["solution"], r["gold"]) == 1.0, r["solution"][-80:]
+        assert math_reward(r["wrong_solution"], r["gold"]) == 0.0, r["wrong_solution"][-80:]
 
 
 def test_the_numeric_reward_refuses_what_only_math_can_compare():
