@@ -75,8 +75,9 @@ def test_resume_runs_no_code_from_a_state_file_and_follows_no_pointer_outside(tm
     marker = tmp_path / "pwned"
     state = torch.load(genuine / "trainer_state.pt", weights_only=True)
     torch.save({**state, "extra": _Payload(marker)}, genuine / "trainer_state.pt")
-    with pytest.raises(UserError, match="trainer_state.pt: refused: not a trainer state divalign wrote"):
+    with pytest.raises(UserError, match="trainer_state.pt: refused: not a trainer state divalign wrote") as refused:
         load_state(genuine)
+    assert "GLOBAL posix.system" in str(refused.value)  # the object refused is named, not torch's advice
     assert not marker.exists()
 
     (tmp_path / "checkpoints" / "latest").write_text("../../elsewhere")

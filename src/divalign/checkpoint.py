@@ -132,6 +132,9 @@ def load_state(checkpoint: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # torch's message opens with advice to load unsafely; the line naming the refused object is the reason
+        named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+        reason = (named or lines or [type(exc).__name__])[0]
         raise UserError(f"{path}: refused: not a trainer state divalign wrote (it holds objects other than tensors, "
                         f"numbers and containers, or is damaged: {reason[:200]})") from None
