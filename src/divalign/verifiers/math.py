@@ -94,21 +94,28 @@ def _one_symbol_per_name(parsed: list) -> list:
             if isinstance(item, sympy.Basic) else item for item in parsed]
 
 
+def _after_marker(text: str) -> str:
+    """What follows GSM8K's final-answer marker ``####``, or the whole text without one."""
+    return text.rsplit("####", 1)[1] if "####" in text else text
+
+
 def _gold_text(answer: str | float) -> str:
-    text = str(answer)
-    if "####" in text:  # GSM8K's final-answer marker
-        text = text.rsplit("####", 1)[1]
-    return _rewrite(text.strip())
+    return _rewrite(_after_marker(str(answer)).strip())
 
 
-@functools.lru_cache(maxsize=4096)  # a step scores each gold answer once per generation
-def _parse_gold_text(text: str) -> list:
-    """The gold text parsed: as written when it delimits its mathematics, else as one boxed answer; empty when
-    math-verify can only keep it as text. Cached: callers must not change the list."""
+def _parse_answer(text: str) -> list:
+    """An answer parsed with the gold settings: as written when it delimits its mathematics, else as one boxed
+    answer; empty when math-verify can only keep it as text."""
     math_verify, extraction = _math_verify()
     parsed = math_verify.parse(text if _DELIMITED.search(text) else f"\\boxed{{{text}}}",
                                extraction_config=extraction)
     return parsed if any(not isinstance(item, str) for item in parsed) else []
+
+
+@functools.lru_cache(maxsize=4096)  # a step scores each gold answer once per generation
+def _parse_gold_text(text: str) -> list:
+    """:func:`_parse_answer`, cached: callers must not change the list."""
+    return _parse_answer(text)
 
 
 def parse_gold(answer: str | float) -> list:
@@ -145,7 +152,7 @@ def _readings(gold_text: str, completion: str):
         yield parsed_gold, math_verify.parse(text)
         stated = _stated_answer(text)
         if stated:
-            yield parsed_gold, _parse_gold_text(stated)
+            yield parsed_gold, _parse_answer(stated)
 
 
 def math_reward(completion: str, answer: str | float) -> float:
@@ -159,9 +166,7 @@ def math_reward(completion: str, answer: str | float) -> float:
     if not _parse_gold_text(gold_text):
         raise ValueError(f"gold answer {str(answer).strip()[:80]!r} cannot be read as mathematics")
     math_verify = _math_verify()[0]
-    if "####" in completion:  # GSM8K's final-answer marker: what follows it is the answer, whatever came before
-        completion = completion.rsplit("####", 1)[1]
-    for gold, prediction in _readings(gold_text, _rewrite(completion)):
+    for gold, prediction in _readings(gold_text, _rewrite(_after_marker(completion))):
         if prediction and (math_verify.verify(gold, prediction) or math_verify.verify(
                 _one_symbol_per_name(gold), _one_symbol_per_name(prediction))):
             return 1.0
