@@ -17,6 +17,11 @@ def model_and_tok(tiny_model_dir):
     return model, tok
 
 
+def seeds(prompts, base=0):
+    """One sampling seed per prompt."""
+    return list(range(base, base + len(prompts)))
+
+
 def encode(tok, prompts, repeat=1):
     return [tok(p)["input_ids"] for p in prompts for _ in range(repeat)]
 
@@ -69,8 +74,8 @@ def test_fast_and_generic_samplers_draw_the_same_tokens(model_and_tok, repeat):
     model, tok = model_and_tok
     assert 4 * 4 < len(tok) <= 4 * 8
     ids = encode(tok, PROMPTS, repeat=repeat)
-    a = make_sampler(model, tok).generate(ids, 10, generator=torch.Generator().manual_seed(3))
-    b = hf_sampler(model, tok).generate(ids, 10, generator=torch.Generator().manual_seed(3))
+    a = make_sampler(model, tok).generate(ids, 10, seeds=seeds(ids, 3))
+    b = hf_sampler(model, tok).generate(ids, 10, seeds=seeds(ids, 3))
     assert torch.equal(a.completion_ids, b.completion_ids)
     assert torch.equal(a.completion_mask, b.completion_mask)
     torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
@@ -78,9 +83,8 @@ def test_fast_and_generic_samplers_draw_the_same_tokens(model_and_tok, repeat):
 
 def test_behaviour_logprobs_equal_a_training_forward(model_and_tok):
     model, tok = model_and_tok
-    rollout = make_sampler(model, tok).generate(
-        encode(tok, PROMPTS, 8), 12, temperature=0.7, generator=torch.Generator().manual_seed(0)
-    )
+    ids = encode(tok, PROMPTS, 8)
+    rollout = make_sampler(model, tok).generate(ids, 12, temperature=0.7, seeds=seeds(ids))
     with torch.no_grad():
         again, _ = completion_logprobs(model, rollout.sequences(), temperature=0.7)
     torch.testing.assert_close(again, rollout.logprobs, atol=1e-5, rtol=0)
@@ -93,7 +97,8 @@ def test_completions_stop_at_eos_and_are_padded(tmp_path):
         model.lm_head.weight.zero_()
         model.lm_head.weight[tok.eos_token_id] += 0.0
     for sampler in (make_sampler(model, tok), hf_sampler(model, tok)):
-        rollout = sampler.generate(encode(tok, ["ab", "b"]), 6, generator=torch.Generator().manual_seed(0))
+        ids = encode(tok, ["ab", "b"])
+        rollout = sampler.generate(ids, 6, seeds=seeds(ids))
         ids, mask = rollout.completion_ids, rollout.completion_mask
         for row in range(ids.shape[0]):
             eos_at = (ids[row] == tok.eos_token_id).nonzero()
@@ -110,15 +115,15 @@ def test_completions_stop_at_eos_and_are_padded(tmp_path):
 def test_inverse_cdf_sampler_matches_the_distribution():
     logits = torch.tensor([[2.0, 0.0, -1.0, 1.0]]).repeat(20000, 1)
     gen = torch.Generator().manual_seed(0)
-    tokens, logp = sample_next(logits, 1.0, gen, greedy=False)
+    tokens, logp = sample_next(logits, 1.0, greedy=False, uniform=torch.rand((20000, 1), generator=gen))
     probs = torch.softmax(logits[0], -1)
     freq = torch.bincount(tokens, minlength=4).float() / tokens.numel()
     torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)
     torch.testing.assert_close(logp, torch.log(probs)[tokens])
     # Temperature sharpens the distribution.
-    t_tokens, _ = sample_next(logits, 0.5, gen, greedy=False)
+    t_tokens, _ = sample_next(logits, 0.5, greedy=False, uniform=torch.rand((20000, 1), generator=gen))
     assert (t_tokens == 0).float().mean() > freq[0] + 0.1
-    g_tokens, _ = sample_next(logits[:3], 1.0, None, greedy=True)
+    g_tokens, _ = sample_next(logits[:3], 1.0, greedy=True)
     assert g_tokens.eq(0).all()
 
 
@@ -143,11 +148,22 @@ def test_sampler_sees_new_weights_after_refresh(model_and_tok):
 
 
 @pytest.mark.parametrize("fast", [True, False])
-def test_num_samples_groups_rows_and_equals_repeated_prompts(model_and_tok, fast):
+def test_a_prompts_samples_depend_on_its_seed_alone(model_and_tok, fast):
+    """Rows come grouped by prompt, and a prompt's samples are the same whatever prompts share its batch (so they
+    do not depend on how a step's prompts are split over processes)."""
     model, tok = model_and_tok
     sampler = make_sampler(model, tok) if fast else hf_sampler(model, tok)
-    grouped = sampler.generate(encode(tok, PROMPTS), 8, generator=torch.Generator().manual_seed(1), num_samples=3)
-    repeated = sampler.generate(encode(tok, PROMPTS, repeat=3), 8, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(grouped.prompt_ids, repeated.prompt_ids)
-    assert torch.equal(grouped.completion_ids, repeated.completion_ids)
-    torch.testing.assert_close(grouped.logprobs, repeated.logprobs, atol=1e-5, rtol=0)
+    ids = encode(tok, PROMPTS)
+    together = sampler.generate(ids, 8, seeds=seeds(ids, 10), num_samples=3)
+    assert torch.equal(together.prompt_ids, sampler.generate(encode(tok, PROMPTS, repeat=3), 1, greedy=True).prompt_ids)
+    for i in range(len(PROMPTS)):
+        alone = sampler.generate(ids[i:i + 1], 8, seeds=[10 + i], num_samples=3)
+        rows = slice(3 * i, 3 * i + 3)
+        width = alone.completion_ids.shape[1]
+        assert torch.equal(together.completion_ids[rows, :width], alone.completion_ids)
+        assert together.completion_mask[rows, width:].eq(0).all()
+        torch.testing.assert_close(together.logprobs[rows, :width], alone.logprobs, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        sampler.generate(ids, 8)
+
+

@@ -114,7 +114,7 @@ def test_lean_and_shared_prompt_logprobs_equal_the_hf_forward_in_value_and_gradi
     paths) must give the same log-probabilities and the same parameter gradients."""
     model, tok = load_causal_lm(tiny_model_dir)
     prompts = [tok(p)["input_ids"] for p in ["12+3=", "1+1=", "45-67="]]
-    rollout = make_sampler(model, tok).generate(prompts, 7, generator=torch.Generator().manual_seed(0), num_samples=4)
+    rollout = make_sampler(model, tok).generate(prompts, 7, seeds=list(range(len(prompts))), num_samples=4)
     batch = rollout.sequences()
     weights = torch.randn(batch.completion_mask.shape)
     results = {}
@@ -153,13 +153,13 @@ def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_h
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     prompts = [tok(p)["input_ids"] for p in ["12+3=", "1+1=", "45-67="]]
-    batch = make_sampler(model, tok).generate(prompts, new_tokens, generator=torch.Generator().manual_seed(0),
+    batch = make_sampler(model, tok).generate(prompts, new_tokens, seeds=[3, 4, 5],
                                               num_samples=samples).sequences()
     assert not batch.attention_mask.all()  # left-padded prompts and right-padded completions
     layout = token_layout(batch.input_ids, batch.attention_mask, batch.prompt_length, group)
     assert layout.length == max(batch.input_ids.shape[1], MIN_SLOTS)
     assert (batch.input_ids.shape[1] < MIN_SLOTS) == (new_tokens == 7)  # both cases are exercised
-    assert (train._distinct_tokens(layout) is not None) == (samples > 1)  # likewise
+    assert (train._distinct_tokens(layout) is not None) == (samples > 1)  # likewise (for these sampling seeds)
     assert layout.predicting.shape == batch.completion_mask.shape
     weights = torch.randn(batch.completion_mask.shape)
 
@@ -212,7 +212,7 @@ def test_compiled_lean_forward_equals_eager_in_value_and_gradient(tiny_model_dir
     """``compile: true`` (torch.compile of the lean forward, about a minute on CPU) changes no value or gradient."""
     model, tok = load_causal_lm(tiny_model_dir)
     prompts = [tok(p)["input_ids"] for p in ["12+3=", "45-67="]]
-    batch = make_sampler(model, tok).generate(prompts, 6, generator=torch.Generator().manual_seed(0),
+    batch = make_sampler(model, tok).generate(prompts, 6, seeds=list(range(len(prompts))),
                                               num_samples=4).sequences()
     results = []
     for compiled in (False, True):
@@ -271,8 +271,7 @@ def test_the_forward_path_is_decided_once_per_model_and_kept_by_its_copies(tiny_
     biased.config.attention_bias = True  # outside what the kernels cover
     assert not configure(biased, fast_path=True, compile=True).lean
     assert not runtime_of(biased).compiled
-    batch = make_sampler(model, tok).generate([tok("12+3=")["input_ids"]], 5, num_samples=2,
-                                             generator=torch.Generator().manual_seed(0)).sequences()
+    batch = make_sampler(model, tok).generate([tok("12+3=")["input_ids"]], 5, num_samples=2, seeds=[0]).sequences()
     with torch.no_grad():
         torch.testing.assert_close(completion_forward(generic, batch).logprobs, completion_forward(model, batch).logprobs,
                                    atol=1e-5, rtol=0)

@@ -91,10 +91,10 @@ def generate(model, tokenizer, prompts: list[Text], decoding: Decoding, *, cache
         chunk = todo[start:start + batch_size]
         ids = [prompt_ids(tokenizer, *render_prompt(tokenizer, prompts[i], prompt_format))[-max(1, limit):]
                for i in chunk]
-        generator = torch.Generator().manual_seed(decoding.seed * 1_000_003 + start)
         budget = max(1, min(decoding.max_new_tokens, context - max(map(len, ids))))
-        rollout = sampler.generate(ids, budget, decoding.temperature, greedy=decoding.greedy,
-                                   generator=generator, num_samples=samples)
+        # each prompt's draws from its own seed: a response does not depend on the batch it was generated in
+        rollout = sampler.generate(ids, budget, decoding.temperature, greedy=decoding.greedy, num_samples=samples,
+                                   seeds=[decoding.seed * 1_000_003 + i for i in chunk])
         texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         rows = [(i, j) for i in chunk for j in range(samples)]
         cache.add([{"key": keys[i * samples + j], "prompt": prompts[i], "sample": j, "response": text,

@@ -22,12 +22,11 @@ def kl_to_reference(model, reference, tokenizer, prompts: list[str | tuple[str, 
     string, or (text, whether the chat template wrote it)."""
     sampler = make_sampler(model, tokenizer)
     k1_values, k3_values = [], []
-    generator = torch.Generator().manual_seed(seed)
     for start in range(0, len(prompts), batch_size):
         ids = [prompt_ids(tokenizer, *(p if isinstance(p, tuple) else (p, False)))
                for p in prompts[start:start + batch_size]]
-        rollout = sampler.generate(ids, max_new_tokens, temperature, generator=generator,
-                                   num_samples=samples_per_prompt)
+        rollout = sampler.generate(ids, max_new_tokens, temperature, num_samples=samples_per_prompt,
+                                   seeds=[seed * 1_000_003 + start + i for i in range(len(ids))])
         batch = rollout.sequences()
         logp, _ = completion_logprobs(model, batch, temperature, group_size=samples_per_prompt)
         ref, _ = completion_logprobs(reference, batch, temperature, group_size=samples_per_prompt)

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from divalign.generation.sampling import Rollout, left_pad, sample_next
+from divalign.generation.sampling import Rollout, left_pad, prompt_uniforms, sample_next
 from divalign.models.positions import position_ids
 
 #: steps between checks whether every row has ended
@@ -57,21 +57,26 @@ class Sampler:
         max_new_tokens: int,
         temperature: float = 1.0,
         greedy: bool = False,
-        generator: torch.Generator | None = None,
+        seeds: list[int] | None = None,
         num_samples: int = 1,
     ) -> Rollout:
-        """Complete each prompt ``num_samples`` times; rows of the rollout are grouped by prompt.
+        """Complete each prompt ``num_samples`` times; rows of the rollout are grouped by prompt. Sampling (not
+        ``greedy``) needs one seed per prompt: a prompt's draws come from its seed alone
+        (:func:`~divalign.generation.sampling.prompt_uniforms`).
 
         Each prompt is run once and its cache is repeated for its samples. Decoding runs in inference mode (no
         autograd bookkeeping at all, about a tenth of a small model's decode step on CPU); the rollout comes back
         as ordinary tensors, which a later backward may save.
         """
+        if not greedy and (seeds is None or len(seeds) != len(prompts)):
+            raise ValueError("sampling needs one seed per prompt")
         with torch.inference_mode():
-            rollout = self._generate(prompts, max_new_tokens, temperature, greedy, generator, num_samples)
+            rollout = self._generate(prompts, max_new_tokens, temperature, greedy, seeds, num_samples)
         return Rollout(**{f.name: getattr(rollout, f.name).clone() for f in dataclasses.fields(rollout)})
 
-    def _generate(self, prompts, max_new_tokens, temperature, greedy, generator, num_samples) -> Rollout:
+    def _generate(self, prompts, max_new_tokens, temperature, greedy, seeds, num_samples) -> Rollout:
         device = next(self.model.parameters()).device
+        uniforms = None if greedy else prompt_uniforms(seeds, num_samples, max_new_tokens, device)
         ids, mask = left_pad(prompts, self.pad_id, device)
         state, logits = self.decoder.prefill(ids, mask, max_new_tokens)
         if num_samples > 1:
@@ -82,16 +87,10 @@ class Sampler:
         is_eos = torch.zeros(max([logits.shape[-1], *(eos + 1).tolist()]), dtype=torch.bool, device=device)
         is_eos[eos] = True
         sampled, sampled_logps = [], []
-        rows = ids.shape[0]
         for t in range(max_new_tokens):
             # Rows that finished keep decoding until all have (their tokens are masked below); checking only
-            # every CHECK_EVERY steps saves a synchronisation per token. The uniforms for those steps are drawn
-            # at once: the same numbers, in the same order, as one draw per step.
-            if t % CHECK_EVERY == 0 and not greedy:
-                uniforms = torch.rand((min(CHECK_EVERY, max_new_tokens - t), rows, 1), generator=generator,
-                                      device=device)
-            tok, lp = sample_next(logits, temperature, generator, greedy,
-                                  None if greedy else uniforms[t % CHECK_EVERY])
+            # every CHECK_EVERY steps saves a synchronisation per token.
+            tok, lp = sample_next(logits, temperature, greedy, None if greedy else uniforms[t])
             sampled.append(tok)
             sampled_logps.append(lp)
             if t + 1 == max_new_tokens or (

@@ -47,15 +47,22 @@ def left_pad(prompts: list[list[int]], pad_id: int, device="cpu") -> tuple[Tenso
     return pad(prompts, pad_id, left=True, device=device)
 
 
-def sample_next(
-    logits: Tensor, temperature: float, generator: torch.Generator | None, greedy: bool, uniform: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
+def prompt_uniforms(seeds: list[int], num_samples: int, steps: int, device="cpu") -> Tensor:
+    """The uniform draws of sampling, (steps, rows, 1) with rows grouped by prompt: prompt i's ``num_samples`` rows
+    take their draws from a generator seeded with ``seeds[i]`` alone, so a prompt's completions do not depend on
+    which prompts share its batch (or its process). Costs one small generator per prompt."""
+    draws = [torch.rand((steps, num_samples), generator=torch.Generator().manual_seed(seed)) for seed in seeds]
+    return torch.cat(draws, dim=1).unsqueeze(-1).to(device)
+
+
+def sample_next(logits: Tensor, temperature: float, greedy: bool, uniform: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
     """Pick one token per row and return it with its log-probability under softmax(logits / temperature).
 
-    Sampling inverts the CDF with one uniform draw u per row, (rows, 1), from ``uniform`` if given, else drawn
-    from ``generator``: the token is the number of CDF entries at or below u (the last entry left out, so that
-    a u rounded up to the total still picks the last token). That is a ``cumsum``, a comparison and a sum
-    instead of ``torch.multinomial``, which is several times slower per call on CPU.
+    Sampling inverts the CDF with one uniform draw u per row, (rows, 1), from ``uniform``: the token is the number
+    of CDF entries at or below u (the last entry left out, so that a u rounded up to the total still picks the
+    last token). That is a ``cumsum``, a comparison and a sum instead of ``torch.multinomial``, which is several
+    times slower per call on CPU.
     """
     logits = logits.float()
     if temperature != 1.0 and not greedy:
@@ -65,8 +72,6 @@ def sample_next(
         tokens = logp.argmax(-1)
     else:
         cdf = logp.exp().cumsum_(-1)
-        if uniform is None:
-            uniform = torch.rand((logp.shape[0], 1), generator=generator, device=logp.device)
         tokens = (cdf[:, :-1] <= uniform * cdf[:, -1:]).sum(-1)
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 

@@ -1,9 +1,9 @@
 """Collecting one step's on-policy data: sample, score, and the rollout pieces an objective asks for in its
 :class:`~divalign.objectives.RolloutPlan`.
 
-* **Sampling**: ``num_generations`` completions for each of the step's prompts (rows grouped by prompt), from a
-  generator that is a pure function of (seed, step, round), so a resumed run samples what an uninterrupted one
-  would.
+* **Sampling**: ``num_generations`` completions for each of the step's prompts (rows grouped by prompt), each
+  prompt's from a seed that is a pure function of (seed, step, round, its place in the step), so a resumed run
+  samples what an uninterrupted one would.
 * **Scoring**: the reward of every completion, plus DAPO's soft overlong punishment when the plan asks for it;
   and a fine-grained score of every completion when an estimator needs one (DaGRPO).
 * **Dynamic sampling** (DAPO): groups whose rewards are all equal carry no signal and are dropped; further rounds
@@ -60,9 +60,10 @@ class Sampling:
     seed: int
 
 
-def step_generator(seed: int, step: int, round: int = 0) -> torch.Generator:
-    """The sampling RNG of one step (and round): a pure function, so resume needs no RNG state."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + round)
+def prompt_seed(seed: int, step: int, round: int, index: int) -> int:
+    """The sampling seed of the ``index``-th prompt of a step's round: a pure function, so a resumed run needs no
+    RNG state and a prompt's completions do not depend on how the step's prompts are split over processes."""
+    return ((seed * 1_000_003 + step) * 131 + round) * 1_000_033 + index
 
 
 class RolloutCollector:
@@ -86,8 +87,8 @@ class RolloutCollector:
             t = time.perf_counter()
             examples = self.prompts.batch(step, s.prompts_per_step, round)
             rollout = self.sampler.generate([self._encode(ex) for ex in examples], s.max_new_tokens,
-                                            s.temperature, generator=step_generator(s.seed, step, round),
-                                            num_samples=g)
+                                            s.temperature, num_samples=g,
+                                            seeds=[prompt_seed(s.seed, step, round, i) for i in range(len(examples))])
             texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
             timings["generate_s"] += time.perf_counter() - t
             t = time.perf_counter()
