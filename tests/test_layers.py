@@ -13,7 +13,7 @@ PACKAGE = Path(divalign.__file__).parent
 #: below it.
 LAYERS = [
     ("groups", "divergences", "advantages", "objectives"),  # the maths: torch and each other only
-    ("errors", "paths", "allocator", "tracking", "plots", "sandbox"),
+    ("errors", "paths", "allocator", "tracking", "plots", "sandbox", "parallel"),
     ("verifiers",),
     ("data",),
     ("models",),

@@ -86,11 +86,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(run_dir: str | os.PathLike, step: int, model, tokenizer, state: dict, keep: int = 2) -> Path:
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model, tokenizer, state: dict, keep: int = 2,
+                    model_state: dict | None = None) -> Path:
+    """Write the model (``model_state`` when given: a sharded model's weights, gathered) and the trainer's state as
+    one checkpoint, atomically; keep the newest ``keep``."""
     root = Path(run_dir) / CHECKPOINTS
     final = root / f"step-{step:08d}"
     with atomic_directory(final) as tmp:
-        save_model(model, tokenizer, tmp / "model")
+        save_model(model, tokenizer, tmp / "model", model_state)
         torch.save(state, tmp / STATE_FILE)
     write_text_atomic(root / LATEST, final.name)
     complete = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).exists())

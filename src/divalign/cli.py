@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from divalign import __version__
+from divalign import __version__, parallel
 from divalign.commands import demo, preference, rl, rm, sft
 from divalign.commands import eval as evaluation
 from divalign.commands.common import CONFIG_FILE
@@ -85,18 +85,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     command = COMMANDS[args.command]
+    # under torchrun every process meets the same mistake; the main one says it
+    say = parallel.launched_rank() == 0
     try:
         config = _config(command.config, args)
         command.run(config, args.runs) if args.command == "report" else command.run(config)
     except UserError as exc:
-        print(f"divalign: error: {exc}", file=sys.stderr)
+        if say:
+            print(f"divalign: error: {exc}", file=sys.stderr)
         return 2
     except RunFailed as exc:
-        print(f"divalign: error: {exc}", file=sys.stderr)
+        if say:
+            print(f"divalign: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("divalign: interrupted", file=sys.stderr)
         return 130
+    finally:
+        parallel.finish()
     return 0
 
 

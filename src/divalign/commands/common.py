@@ -11,9 +11,11 @@ import huggingface_hub
 import torch
 from transformers.utils import logging as transformers_logging
 
+from divalign import parallel
 from divalign.allocator import keep_freed_memory
 from divalign.config import dump_yaml
 from divalign.errors import UserError
+from divalign.parallel import World
 from divalign.trainers.loop import FINAL_MODEL, resume_point, run_steps
 
 CONFIG_FILE = "config.yaml"
@@ -21,11 +23,13 @@ CONFIG_FILE = "config.yaml"
 
 @dataclass
 class Run:
-    """A training run about to start: its folder, and the checkpoint (with the trainer's state) to resume from."""
+    """A training run about to start: its folder, the checkpoint (with the trainer's state) to resume from, and the
+    processes it runs on."""
 
     folder: Path
     checkpoint: Path | None
     state: dict | None
+    world: World
 
     def model_path(self, start: str) -> str | Path:
         """The model to load: the checkpoint's when resuming, else ``start``."""
@@ -37,10 +41,17 @@ def prepare_run(config) -> Run:
     write over another run or where nothing can be written, find the checkpoint of ``--resume``, configure the
     process, seed torch."""
     folder = check_output_dir(config.output_dir, config.resume)
-    checkpoint, state = resume_point(folder) if config.resume else (None, None)
+    world = parallel.start(config.device)
+    checkpoint, state = None, None
+    if config.resume:  # the main process first: it removes what an interrupted write left
+        if world.main:
+            checkpoint, state = resume_point(folder)
+        world.barrier()
+        if not world.main:
+            checkpoint, state = resume_point(folder)
     configure_process(config.threads, config.progress)
     torch.manual_seed(config.seed)
-    return Run(folder, checkpoint, state)
+    return Run(folder, checkpoint, state, world)
 
 
 def check_output_dir(path: str | os.PathLike, resume: bool) -> Path:
@@ -60,16 +71,19 @@ def check_output_dir(path: str | os.PathLike, resume: bool) -> Path:
     return path
 
 
-def create_run_dir(path: Path, config) -> None:
+def create_run_dir(path: Path, config, world_size: int = 1) -> None:
+    """The run folder with its ``config.yaml`` (and the number of processes it ran on)."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / CONFIG_FILE).write_text(dump_yaml(config))
+    (path / CONFIG_FILE).write_text(dump_yaml(config) + f"# world_size: {world_size}\n")
 
 
 def run_training(trainer, run: Run, config, total_steps: int, postfix_keys: tuple[str, ...] | None = None
                  ) -> list[dict]:
     """What every training command does once its trainer is built: create the run folder with its config,
     restore the checkpoint's state (``--resume``), and run the steps with the config's checkpointing."""
-    create_run_dir(run.folder, config)
+    if run.world.main:
+        create_run_dir(run.folder, config, run.world.size)
+    run.world.barrier()
     start = trainer.load_state_dict(run.state) if run.state is not None else 0
     extra = {"postfix_keys": postfix_keys} if postfix_keys else {}
     return run_steps(trainer, run.folder, total_steps, start_step=start, save_every=config.save_every,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from divalign import parallel
 from divalign.commands.common import non_negative, positive, prepare_run, run_training
 from divalign.data.builtin import BUILTIN, builtin_data, train_and_held_out
 from divalign.data.preferences import (
@@ -54,6 +55,10 @@ def validate(config: PreferenceConfig) -> None:
             0, config.batch_size):
         raise UserError(f"objective '{config.objective}' with these options needs the whole batch in one forward "
                         "pass: set micro-batch-size to 0")
+    processes = parallel.launched_size()
+    if config.chosen.family == "unpaired" and options.whole_batch_only and config.batch_size % processes:
+        raise UserError(f"objective '{config.objective}' with these options gathers the whole batch from every "
+                        f"process: batch-size ({config.batch_size}) must be a multiple of the {processes} processes")
 
 
 def run(config: PreferenceConfig) -> list[dict]:
@@ -73,5 +78,5 @@ def run(config: PreferenceConfig) -> list[dict]:
     else:
         policy = frozen_copy(reference).requires_grad_(True)
     reference.requires_grad_(False).eval()
-    trainer = PreferenceTrainer(policy, tokenizer, config, train, reference, held or None)
+    trainer = PreferenceTrainer(policy, tokenizer, config, train, reference, held or None, run.world)
     return run_training(trainer, run, config, trainer.total_steps, ("loss", "reward_accuracy", "eval_accuracy"))

@@ -80,5 +80,5 @@ def run(config: RLConfig) -> list[dict]:
     reference = None
     if config.needs_reference:  # the starting model; a resumed run's policy has moved away from it
         reference = frozen_copy(policy) if run.checkpoint is None else load(config.model)[0].requires_grad_(False).eval()
-    trainer = OnlineTrainer(config, policy, tokenizer, source, reward_fn, reference, preference)
+    trainer = OnlineTrainer(config, policy, tokenizer, source, reward_fn, reference, preference, run.world)
     return run_training(trainer, run, config, config.steps)

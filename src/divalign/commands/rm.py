@@ -36,5 +36,5 @@ def run(config: RMConfig) -> list[dict]:
     train, held = render_pairs(tokenizer, train), render_pairs(tokenizer, held)
     run = prepare_run(config)
     model, tokenizer = load_reward_model(run.model_path(config.model), config.trust_remote_code, config.seed)
-    trainer = RewardModelTrainer(model, tokenizer, config, train, held or None)
+    trainer = RewardModelTrainer(model, tokenizer, config, train, held or None, run.world)
     return run_training(trainer, run, config, trainer.total_steps, ("loss", "accuracy", "eval_accuracy"))

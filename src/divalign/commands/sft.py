@@ -26,5 +26,5 @@ def run(config: SFTConfig) -> list[dict]:
     eval_rendered = render_demonstrations(tokenizer, eval_items) if eval_items else None
     run = prepare_run(config)
     model, tokenizer = load_causal_lm(run.model_path(config.model), trust_remote_code=config.trust_remote_code)
-    trainer = SFTTrainer(model, tokenizer, rendered, config, eval_rendered)
+    trainer = SFTTrainer(model, tokenizer, rendered, config, eval_rendered, run.world)
     return run_training(trainer, run, config, trainer.total_steps, ("loss", "eval_loss"))

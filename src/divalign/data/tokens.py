@@ -24,6 +24,9 @@ class SequenceBatch:
     def select(self, rows) -> SequenceBatch:
         return SequenceBatch(self.input_ids[rows], self.attention_mask[rows], self.prompt_length)
 
+    def to(self, device) -> SequenceBatch:
+        return SequenceBatch(self.input_ids.to(device), self.attention_mask.to(device), self.prompt_length)
+
 
 def pad(rows: list[list[int]], pad_id: int, left: bool = False, device="cpu") -> tuple[Tensor, Tensor]:
     """Stack token lists into an (N, width) tensor padded on the left or right, and its attention mask."""

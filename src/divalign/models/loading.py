@@ -167,9 +167,10 @@ def frozen_copy(model):
     return ref
 
 
-def save_model(model, tokenizer, folder: str | os.PathLike) -> None:
-    """Save in the Hugging Face format (safetensors), loadable by ``from_pretrained``."""
-    model.save_pretrained(folder, safe_serialization=True)
+def save_model(model, tokenizer, folder: str | os.PathLike, state_dict: dict | None = None) -> None:
+    """Save in the Hugging Face format (safetensors), loadable by ``from_pretrained``; ``state_dict``, when given,
+    holds the weights (a sharded model's, gathered)."""
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
 
 

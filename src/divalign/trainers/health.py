@@ -29,10 +29,12 @@ ENTROPY_MAX_SHARE = 0.98
 
 
 class RunWatch:
-    """Sees every step's row (and adds ``skipped_steps`` and ``warning`` to it)."""
+    """Sees every step's row (and adds ``skipped_steps`` and ``warning`` to it); prints its warnings when
+    ``console`` (the process that shows the run's progress)."""
 
-    def __init__(self, max_consecutive_skips: int, vocab_size: int | None = None):
+    def __init__(self, max_consecutive_skips: int, vocab_size: int | None = None, console: bool = True):
         self.max_consecutive_skips = max_consecutive_skips
+        self.console = console
         self.max_entropy = math.log(vocab_size) if vocab_size and vocab_size > 1 else None
         self.skipped = self.consecutive = self.zero_grads = 0
         self.entropy_was_low = False
@@ -45,7 +47,8 @@ class RunWatch:
             self.skipped += 1
             self.consecutive += 1
             row["skipped_steps"] = self.skipped
-            warn(f"step {step}: update left out ({row.get('skip_reason', 'non-finite')}); the weights are unchanged")
+            self._warn(f"step {step}: update left out ({row.get('skip_reason', 'non-finite')}); the weights are "
+                       "unchanged")
             if self.consecutive >= self.max_consecutive_skips:
                 raise RunFailed(f"the run stopped at step {step}: {self.consecutive} steps in a row without an update "
                                 f"({row.get('skip_reason', 'non-finite')}); the last checkpoint is kept and no final "
@@ -57,7 +60,11 @@ class RunWatch:
         if warnings:
             row["warning"] = "; ".join(warnings)
             for message in warnings:
-                warn(f"step {step}: {message}")
+                self._warn(f"step {step}: {message}")
+
+    def _warn(self, message: str) -> None:
+        if self.console:
+            warn(message)
 
     def _starts(self, key: str, on: bool) -> bool:
         """Whether condition ``key`` begins now (warn once per occurrence, again only after it has cleared)."""

@@ -9,12 +9,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-
 from divalign.checkpoint import atomic_directory, latest_checkpoint, load_state, save_checkpoint
 from divalign.errors import RunFailed
 from divalign.models import save_model
+from divalign.parallel import World
 from divalign.tracking import MetricsLog, progress
+from divalign.trainers.engine import weights_finite
 from divalign.trainers.health import RunWatch
 
 FINAL_MODEL = "model"
@@ -84,43 +84,54 @@ def run_steps(
     (:class:`~divalign.errors.RunFailed`) after ``max_consecutive_skips`` steps in a row without an update; then,
     as when weights are not finite, nothing more is saved: the last good checkpoint stays and no final model is
     written."""
-    log = MetricsLog(run_dir, resume_step=start_step if resumed else None)
-    watch = RunWatch(max_consecutive_skips, len(trainer.tokenizer))
+    engine = trainer.engine
+    main = engine.world.main  # the process that writes the run's files and shows its progress
+    log = MetricsLog(run_dir, resume_step=start_step if resumed else None) if main else None
+    watch = RunWatch(max_consecutive_skips, len(trainer.tokenizer), console=main)
     rows = []
     bar = progress(
-        None if max_seconds else total_steps, initial=start_step, desc=Path(run_dir).name, enabled=show_progress
+        None if max_seconds else total_steps, initial=start_step, desc=Path(run_dir).name,
+        enabled=show_progress and main,
     )
     started, done = time.perf_counter(), start_step
     try:
         for step in range(start_step, total_steps):
             row = trainer.step(step)
+            if engine.world.size > 1:
+                row["world_size"] = engine.world.size
             try:
                 watch.see(row)
             finally:
-                log.write(row)
+                if log is not None:
+                    log.write(row)
             rows.append(row)
             bar.update(1)
             bar.set_postfix({k: f"{row[k]:.3g}" for k in postfix_keys if k in row}, refresh=False)
             done = step + 1
             if save_every and done % save_every == 0 and done < total_steps:
-                check_finite(trainer.policy, done)
-                save_checkpoint(
-                    run_dir, done, trainer.policy, trainer.tokenizer, trainer.state_dict(done), keep=keep_checkpoints
-                )
+                check_finite(trainer.policy, done, engine.world)
+                state, weights = trainer.state_dict(done), engine.full_state_dict(trainer.policy)
+                if main:
+                    save_checkpoint(run_dir, done, trainer.policy, trainer.tokenizer, state, keep=keep_checkpoints,
+                                    model_state=weights)
+                engine.world.barrier()
             if max_seconds is not None and time.perf_counter() - started >= max_seconds:
                 break
     finally:
         bar.close()
-        log.close()
-    check_finite(trainer.policy, done)
-    with atomic_directory(Path(run_dir) / FINAL_MODEL) as tmp:
-        save_model(trainer.policy, trainer.tokenizer, tmp)
+        if log is not None:
+            log.close()
+    check_finite(trainer.policy, done, engine.world)
+    weights = engine.full_state_dict(trainer.policy)
+    if main:
+        with atomic_directory(Path(run_dir) / FINAL_MODEL) as tmp:
+            save_model(trainer.policy, trainer.tokenizer, tmp, weights)
+    engine.world.barrier()
     return rows
 
 
-def check_finite(model, step: int) -> None:
+def check_finite(model, step: int, world: World | None = None) -> None:
     """Refuse to save weights that are not all finite (:class:`~divalign.errors.RunFailed`)."""
-    norms = torch._foreach_norm([p.detach() for p in model.parameters()])
-    if not bool(torch.isfinite(torch.stack(norms)).all()):
+    if not weights_finite(model, world):
         raise RunFailed(f"the model's weights are not finite after step {step}: nothing saved (the last good "
                         "checkpoint is kept; lower the learning rate)")

@@ -9,6 +9,7 @@ from divalign.data.encoding import encode_dataset
 from divalign.data.order import EpochOrder
 from divalign.data.preferences import Unpaired
 from divalign.objectives import Objective, UnpairedBatch
+from divalign.parallel import World
 from divalign.trainers.scoring import reference_logps, sequence_logps
 
 
@@ -16,21 +17,29 @@ class PreferencePart:
     """Preference responses in a seeded order, ``batch_size`` per optimizer step; :meth:`backward` runs the
     objective's ``preference_loss`` on the next batch."""
 
-    def __init__(self, items: list[Unpaired], tokenizer, reference, max_length: int, batch_size: int, seed: int):
-        self.pad_id = tokenizer.pad_token_id
+    def __init__(self, items: list[Unpaired], tokenizer, reference, max_length: int, batch_size: int, seed: int,
+                 device="cpu"):
+        self.pad_id, self.device = tokenizer.pad_token_id, device
         self.data = encode_dataset(tokenizer, items, max_length, paired=False)
-        self.labels = torch.tensor([u.desirable for u in items])
-        self.ref = reference_logps(reference, self.data, self.pad_id)
+        self.labels = torch.tensor([u.desirable for u in items], device=device)
+        self.ref = reference_logps(reference, self.data, self.pad_id, device=device)
         self.order = EpochOrder(len(items), f"fhal-{seed}")
         self.size = batch_size
 
-    def backward(self, policy, objective: Objective, options, update: int) -> tuple[float, dict]:
-        """The loss of the batch of optimizer step ``update`` (counted over the whole run), backward; its value and
-        metrics."""
+    def passes(self, policy, objective: Objective, options, update: int, world: World) -> list:
+        """The pass of this process's share of the batch of optimizer step ``update`` (counted over the whole
+        run): the objective's ``preference_loss``, its sides' counts the whole batch's; its loss comes back as the
+        metric ``preference_loss``. No pass when the share is empty."""
         units = self.order.take(update * self.size, self.size)
-        logps, _ = sequence_logps(policy, self.data, units, self.pad_id)
         labels = self.labels[units]
-        batch = UnpairedBatch(logps, self.ref[units], labels, int(labels.sum()), int((~labels).sum()))
-        loss, metrics = objective.preference_loss(batch, options)
-        loss.backward()
-        return float(loss.item()), metrics
+        counts = int(labels.sum()), int((~labels).sum())
+        mine = [units[i] for i in world.share(len(units))]
+        if not mine:
+            return []
+
+        def run():
+            logps, _ = sequence_logps(policy, self.data, mine, self.pad_id, self.device)
+            batch = UnpairedBatch(logps, self.ref[mine], self.labels[mine], *counts)
+            loss, metrics = objective.preference_loss(batch, options)
+            return loss, {"preference_loss": float(loss.item()), **metrics}
+        return [run]

@@ -34,18 +34,28 @@ from divalign.models import completion_forward, configure, set_training
 from divalign.objectives import OnlineBatch
 from divalign.objectives.kl import ESTIMATORS as KL_ESTIMATORS
 from divalign.objectives.kl import k3
+from divalign.parallel import World
 from divalign.rewards import RewardOptions
 from divalign.tasks.arithmetic import ArithmeticConfig
 from divalign.trainers import scoring
+from divalign.trainers.engine import Engine
 from divalign.trainers.loop import Clock, MetricSums
 from divalign.trainers.offpolicy import PreferencePart
 from divalign.trainers.optim import Optimization
-from divalign.trainers.options import CompileOptions, ModelOptions, ObjectiveChoice, OptimizerOptions, RunOptions
+from divalign.trainers.options import (
+    CompileOptions,
+    ModelOptions,
+    ObjectiveChoice,
+    OptimizerOptions,
+    RunOptions,
+    TrainingDeviceOptions,
+)
 from divalign.trainers.rollouts import Collected, RolloutCollector, Sampling
 
 
 @dataclass
-class RLConfig(ObjectiveChoice, ModelOptions, RewardOptions, CompileOptions, OptimizerOptions, RunOptions):
+class RLConfig(ObjectiveChoice, ModelOptions, RewardOptions, CompileOptions, TrainingDeviceOptions, OptimizerOptions,
+               RunOptions):
     """Online RL (GRPO family, RLOO, PPO, DaGRPO, f-GRPO, f-HAL, ...) on a local Hugging Face causal LM; the model
     is also the frozen reference."""
 
@@ -134,28 +144,33 @@ class OnlineTrainer:
     """Holds the policy, reference, rollout collector, optimizer and objective; ``step`` runs one RL step."""
 
     def __init__(self, config: RLConfig, policy, tokenizer, prompt_source, reward_fn, reference=None,
-                 preference: list[Unpaired] | None = None):
+                 preference: list[Unpaired] | None = None, world: World | None = None):
         self.config, self.policy, self.tokenizer, self.reference = config, policy, tokenizer, reference
-        for model in [m for m in (policy, reference) if m is not None]:
-            configure(model, fast_path=config.fast_path, compile=config.compile)
         self.objective, self.options = config.chosen, config.objective_options
         self.estimator = advantages.get(config.estimator)
         self.kl_penalty = self.options.kl_penalty()
-        self.sampler = make_sampler(policy, tokenizer)
         self.value_head = value_head(policy.config.hidden_size) if self.estimator.needs_values else None
         trained = [policy] if self.value_head is None else [policy, self.value_head]
-        self.optimization = Optimization(trained, config, config.steps * config.ppo_epochs * config.minibatches)
+        frozen = () if reference is None else (reference,)
+        self.engine = Engine(trained, world or World(), config, frozen)
+        for model in [policy, *frozen]:
+            configure(model, fast_path=config.fast_path, compile=config.compile, dtype=self.engine.dtype,
+                      gradient_checkpointing=config.gradient_checkpointing and model is policy)
+        self.sampler = make_sampler(policy, tokenizer)
+        self.optimization = Optimization(trained, config, config.steps * config.ppo_epochs * config.minibatches,
+                                         self.engine)
         scorer = rewards.get(self.options.score, config) if self.estimator.needs_scores else None
         sampling = Sampling(config.prompts_per_step, config.num_generations, config.max_new_tokens,
                             config.temperature, config.seed)
         self.collector = RolloutCollector(prompt_source, self.sampler, tokenizer, reward_fn, sampling,
-                                          self.options.rollout_plan(), scorer)
+                                          self.options.rollout_plan(), scorer, self.engine)
         self.preference = None
         if self.objective.preference_loss is not None:
             if not preference:
                 raise ValueError(f"objective '{self.objective.name}' needs preference data for its off-policy part")
-            self.preference = PreferencePart(preference, tokenizer, reference, config.max_new_tokens * 8,
-                                             config.preference_batch_size, config.seed)
+            with self.engine.autocast():
+                self.preference = PreferencePart(preference, tokenizer, reference, config.max_new_tokens * 8,
+                                                 config.preference_batch_size, config.seed, self.engine.device)
 
     # ------------------------------------------------------------------ state for checkpoints
     def state_dict(self, step: int) -> dict:
@@ -178,6 +193,7 @@ class OnlineTrainer:
         batch = self.collector.collect(step)
         if batch is None:  # dynamic sampling found no group with signal: train on nothing this step
             return {"step": step + 1, "groups_kept": 0, "skipped": 1.0, "step_s": clock.elapsed()}
+        batch.to(self.engine.device)
         with clock("reference_s"):
             scored = self._score(batch)
         advantage = self._advantages(batch, scored)
@@ -188,17 +204,36 @@ class OnlineTrainer:
 
     # ------------------------------------------------------------------ its parts
     def _score(self, batch: Collected) -> Scored:
-        sequences, micro = batch.rollout.sequences(), self._micro_batches(batch.groups())
+        """The passes before the update, each process scoring its share of the groups (every process gets every
+        row's values)."""
+        sequences = batch.rollout.sequences()
+        groups = batch.groups()
+        mine = self._micro_batches([groups[k] for k in self.engine.evaluation_share(len(groups))])
         temperature = self.config.temperature
         old, values = batch.rollout.logprobs.clone(), None
-        if batch.anchors.any() or self.value_head is not None:
-            now, values = scoring.token_logprobs(self.policy, sequences, micro, batch.group_size, temperature,
-                                                 self.value_head)
-            old = torch.where(batch.anchors.unsqueeze(-1), now, old)  # anchors: ρ = 1 at the first update
-        ref = None
-        if self.reference is not None and not self._reference_in_update():
-            ref = scoring.token_logprobs(self.reference, sequences, micro, batch.group_size, temperature)[0]
+        with self.engine.autocast():
+            if batch.anchors.any() or self.value_head is not None:
+                now, values = self._gathered_rows(scoring.token_logprobs(
+                    self.policy, sequences, mine, batch.group_size, temperature, self.value_head), mine)
+                old = torch.where(batch.anchors.unsqueeze(-1), now, old)  # anchors: ρ = 1 at the first update
+            ref = None
+            if self.reference is not None and not self._reference_in_update():
+                ref = self._gathered_rows(scoring.token_logprobs(self.reference, sequences, mine, batch.group_size,
+                                                                 temperature), mine)[0]
         return Scored(sequences, old, ref, values)
+
+    def _gathered_rows(self, scored: tuple[Tensor, Tensor | None], micro: list[list[int]]):
+        """Rows scored by each process (``micro``: this one's), joined: every process gets the whole batch's."""
+        if self.engine.sharding in (None, "fsdp"):  # one process, or FSDP2 (each scores all rows, in lockstep)
+            return scored
+        rows = [r for m in micro for r in m]
+        parts = self.engine.world.gather((rows, *(None if t is None else t[rows].cpu() for t in scored)))
+        out = tuple(None if t is None else t.clone() for t in scored)
+        for other_rows, *tensors in parts:
+            for target, part in zip(out, tensors):
+                if target is not None:
+                    target[other_rows] = part.to(target.device)
+        return out
 
     def _advantages(self, batch: Collected, scored: Scored) -> Advantages:
         mask = batch.rollout.completion_mask
@@ -220,42 +255,43 @@ class OnlineTrainer:
                             token_advantages=advantage.token, old_values=scored.values, returns=advantage.returns)
         sums = MetricSums()
         rng = random.Random(f"minibatches-{cfg.seed}-{step}")
+        world = self.engine.world
         for chosen in minibatch_groups(len(groups), cfg.ppo_epochs, cfg.minibatches, rng):
             rows = [r for k in chosen for r in groups[k]]
             counts = {"num_sequences": len(rows), "num_groups": len(chosen), "num_tokens": int(mask[rows].sum())}
-            loss = 0.0
+            mine = [groups[chosen[i]] for i in world.share(len(chosen))]  # this process's groups of the minibatch
+            passes = [self._pass(whole, micro, counts, scored.sequences, batch.group_size)
+                      for micro in self._micro_batches(mine)]
+            if self.preference is not None:
+                update = (step * cfg.ppo_epochs * cfg.minibatches) + len(sums.updates)
+                passes += self.preference.passes(self.policy, self.objective, self.options, update, world)
+            filler = self._pass(whole, groups[chosen[0]], counts, scored.sequences, batch.group_size)
             with clock("forward_backward_s"):
-                for micro in self._micro_batches([groups[k] for k in chosen]):
-                    metrics = self._backward(whole, torch.tensor(micro), counts, scored.sequences, batch.group_size)
-                    loss += metrics["loss"]
-                    sums.add(metrics)
-                if self.preference is not None:
-                    update = (step * cfg.ppo_epochs * cfg.minibatches) + len(sums.updates)
-                    preference_loss, metrics = self.preference.backward(self.policy, self.objective, self.options,
-                                                                        update)
-                    loss += preference_loss
-                    sums.add(metrics)
+                metrics = self.engine.accumulate(passes, filler)
+            sums.add(metrics)
             with clock("optimizer_s"):
-                sums.updates.append(self.optimization.step(loss))
+                sums.updates.append(self.optimization.step(metrics["loss"] + metrics.get("preference_loss", 0.0)))
         return sums
 
-    def _backward(self, whole: OnlineBatch, rows: Tensor, counts: dict, sequences: SequenceBatch,
-                  group_size: int) -> dict:
-        """One micro-batch: the policy's forward (with the reference in the same pass when it runs there), the
-        objective, backward. Returns the micro-batch's shares of the metrics."""
-        reference = self.reference if self._reference_in_update() else None
-        out = completion_forward(self.policy, sequences.select(rows), self.config.temperature, with_entropy=True,
-                                 group_size=group_size, with_hidden=self.value_head is not None, reference=reference)
-        values = None if self.value_head is None else self.value_head(out.hidden.float()).squeeze(-1)
-        part = whole.rows(rows, out.logprobs, out.reference_logprobs, values, **counts)
-        loss, metrics = self.objective.loss(part, self.options)
-        loss.backward()
-        metrics["loss"] = float(loss.item())
-        metrics["entropy"] = float((out.entropy * part.mask).sum()) / max(counts["num_tokens"], 1)
-        if part.ref_logprobs is not None:
-            seq_kl = part.sequence_sum(k3(out.logprobs.detach(), part.ref_logprobs))
-            metrics["kl"] = float(seq_kl.sum()) / counts["num_sequences"]
-        return metrics
+    def _pass(self, whole: OnlineBatch, rows: list[int], counts: dict, sequences: SequenceBatch, group_size: int):
+        """The pass of one micro-batch: the policy's forward (with the reference in the same pass when it runs
+        there) and the objective; returns the loss and the micro-batch's shares of the metrics."""
+        def run():
+            index = torch.tensor(rows, device=sequences.input_ids.device)
+            reference = self.reference if self._reference_in_update() else None
+            out = completion_forward(self.policy, sequences.select(index), self.config.temperature,
+                                     with_entropy=True, group_size=group_size, with_hidden=self.value_head is not None,
+                                     reference=reference)
+            values = None if self.value_head is None else self.value_head(out.hidden.float()).squeeze(-1)
+            part = whole.rows(index, out.logprobs, out.reference_logprobs, values, **counts)
+            loss, metrics = self.objective.loss(part, self.options)
+            metrics["loss"] = float(loss.item())
+            metrics["entropy"] = float((out.entropy * part.mask).sum()) / max(counts["num_tokens"], 1)
+            if part.ref_logprobs is not None:
+                seq_kl = part.sequence_sum(k3(out.logprobs.detach(), part.ref_logprobs))
+                metrics["kl"] = float(seq_kl.sum()) / counts["num_sequences"]
+            return loss, metrics
+        return run
 
     def _row(self, step: int, batch: Collected, sums: MetricSums, clock: Clock) -> dict:
         task = batch.task_rewards[~batch.anchors]

@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 from divalign import objectives
 from divalign.config import OBJECTIVE_OPTIONS
+from divalign.parallel import DEVICES, DTYPES
+from divalign.trainers.engine import SHARDINGS
 
 
 def next_check(group, cls) -> None:
@@ -38,6 +40,42 @@ class ForwardOptions:
     fast_path: bool = True
     """Run Llama-family models through divalign's own kernels (other models always use their Hugging Face
     forward)."""
+
+
+@dataclass
+class DeviceOptions:
+    """Where a command's passes run and in which precision (divalign.parallel)."""
+
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when this torch sees a GPU); each process of a torchrun launch takes the GPU of its
+    local rank."""
+    dtype: str = "auto"
+    """Compute precision: fp32, bf16 or fp16 (torch.autocast; weights and optimizer state stay fp32, fp16 with loss
+    scaling), or auto (bf16 on a GPU that supports it, else fp32)."""
+
+    def __post_init__(self):
+        if self.device not in DEVICES:
+            raise ValueError(f"device: expected one of {', '.join(DEVICES)} (got '{self.device}')")
+        if self.dtype not in ("auto", *DTYPES):
+            raise ValueError(f"dtype: expected one of auto, {', '.join(DTYPES)} (got '{self.dtype}')")
+        next_check(self, DeviceOptions)
+
+
+@dataclass
+class TrainingDeviceOptions(DeviceOptions):
+    """The device options of a training command, with the memory and multi-process ones."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward instead of keeping them (less memory, about a third more compute; runs
+    the model's Hugging Face forward)."""
+    sharding: str = "ddp"
+    """With several processes (torchrun): ddp (each process holds the whole model) or fsdp (FSDP2: parameters,
+    gradients and optimizer state sharded over the processes)."""
+
+    def __post_init__(self):
+        if self.sharding not in SHARDINGS:
+            raise ValueError(f"sharding: expected one of {', '.join(SHARDINGS)} (got '{self.sharding}')")
+        super().__post_init__()
 
 
 @dataclass

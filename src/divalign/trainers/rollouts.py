@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ import torch
 from divalign.data.encoding import prompt_ids
 from divalign.generation import Rollout, Sampler, concat_rollouts
 from divalign.objectives import RolloutPlan
+from divalign.parallel import World
 from divalign.rewards import Reward, overlong_penalty
 
 
@@ -40,6 +42,16 @@ class Collected:
     scores: torch.Tensor | None = None  #: (B,) fine-grained scores, when a scorer is given
     timings: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
+
+    def to(self, device) -> Collected:
+        """The batch with its tensors on ``device`` (the trainer's)."""
+        r = self.rollout
+        self.rollout = Rollout(*(t.to(device) for t in (r.prompt_ids, r.prompt_mask, r.completion_ids,
+                                                         r.completion_mask, r.logprobs, r.truncated)))
+        for name in ("rewards", "task_rewards", "group_ids", "anchors", "scores"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
+        return self
 
     def groups(self) -> list[list[int]]:
         """Row indices of each group (anchors join their group)."""
@@ -68,12 +80,18 @@ def prompt_seed(seed: int, step: int, round: int, index: int) -> int:
 
 class RolloutCollector:
     """Builds each step's :class:`Collected` batch from a prompt source, a sampler, a reward and the objective's
-    rollout plan (and a fine-grained scorer when the advantage estimator reads scores)."""
+    rollout plan (and a fine-grained scorer when the advantage estimator reads scores).
+
+    With several processes (``engine.world``) each samples and scores its share of every round's prompts and the
+    round is gathered, so every process holds the whole batch, the same one a single process would collect
+    (a prompt's completions come from its own seed)."""
 
     def __init__(self, prompts, sampler: Sampler, tokenizer, reward: Reward, sampling: Sampling, plan: RolloutPlan,
-                 scorer: Reward | None = None):
+                 scorer: Reward | None = None, engine=None):
         self.prompts, self.sampler, self.tokenizer = prompts, sampler, tokenizer
         self.reward, self.sampling, self.plan, self.scorer = reward, sampling, plan, scorer
+        self.engine = engine
+        self.world = engine.world if engine is not None else World()
         self._prompt_ids: dict[str, list[int]] = {}
 
     def collect(self, step: int) -> Collected | None:
@@ -86,17 +104,23 @@ class RolloutCollector:
         for round in range(rounds):
             t = time.perf_counter()
             examples = self.prompts.batch(step, s.prompts_per_step, round)
-            rollout = self.sampler.generate([self._encode(ex) for ex in examples], s.max_new_tokens,
-                                            s.temperature, num_samples=g,
-                                            seeds=[prompt_seed(s.seed, step, round, i) for i in range(len(examples))])
+            mine = self.world.share(len(examples))
+            with self._generating():
+                rollout = self.sampler.generate([self._encode(examples[i]) for i in mine], s.max_new_tokens,
+                                                s.temperature, num_samples=g,
+                                                seeds=[prompt_seed(s.seed, step, round, i) for i in mine])
             texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
             timings["generate_s"] += time.perf_counter() - t
             t = time.perf_counter()
-            row_prompts = [ex.prompt for ex in examples for _ in range(g)]
-            row_answers = [ex.answer for ex in examples for _ in range(g)]
+            row_prompts = [examples[i].prompt for i in mine for _ in range(g)]
+            row_answers = [examples[i].answer for i in mine for _ in range(g)]
             reward, task = self._score(row_prompts, texts, row_answers, rollout.lengths.int().tolist(),
                                        rollout.truncated.tolist())
             failures += self.reward.failures
+            if self.world.size > 1:  # every process gets the whole round, in prompt order
+                rollout, reward, task, failures = self._gathered(rollout, reward, task, failures)
+                row_prompts = [ex.prompt for ex in examples for _ in range(g)]
+                row_answers = [ex.answer for ex in examples for _ in range(g)]
             keep = list(range(len(examples)))
             if plan.dynamic_sampling:
                 spread = reward.view(-1, g).max(-1).values - reward.view(-1, g).min(-1).values
@@ -128,9 +152,31 @@ class RolloutCollector:
         if self.scorer is not None:
             t = time.perf_counter()
             texts = self.tokenizer.batch_decode(batch.rollout.completion_ids, skip_special_tokens=True)
-            batch.scores = torch.tensor(self.scorer(batch.prompts, texts, batch.answers), dtype=torch.float)
+            batch.scores = self._once(lambda: torch.tensor(self.scorer(batch.prompts, texts, batch.answers),
+                                                           dtype=torch.float))
             timings["score_s"] += time.perf_counter() - t
         return batch
+
+    def _generating(self):
+        return self.engine.generating() if self.engine is not None else contextlib.nullcontext()
+
+    def _gathered(self, rollout: Rollout, reward, task, failures: int):
+        """The processes' shares of a round joined in rank (that is, prompt) order."""
+        parts = self.world.gather((Rollout(*(t.cpu() for t in (rollout.prompt_ids, rollout.prompt_mask,
+                                                                 rollout.completion_ids, rollout.completion_mask,
+                                                                 rollout.logprobs, rollout.truncated))),
+                                   reward, task, failures))
+        device = rollout.prompt_ids.device
+        joined = concat_rollouts([p[0] for p in parts], self.tokenizer.pad_token_id)
+        joined = Rollout(*(t.to(device) for t in (joined.prompt_ids, joined.prompt_mask, joined.completion_ids,
+                                                  joined.completion_mask, joined.logprobs, joined.truncated)))
+        return (joined, torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]),
+                sum(p[3] for p in parts))
+
+    def _once(self, compute):
+        """``compute()`` run by the main process alone and shared with the others (a reward is called once)."""
+        value = compute() if self.world.main else None
+        return self.world.gather(value)[0] if self.world.size > 1 else value
 
     def _encode(self, example) -> list[int]:
         if example.prompt not in self._prompt_ids:
@@ -168,13 +214,15 @@ class RolloutCollector:
             ids[i, : len(c)] = torch.tensor(c)
             mask[i, : len(c)] = 1.0
         source_rows = torch.tensor([k * g for k in failing])
-        anchor = Rollout(batch.rollout.prompt_ids[source_rows], batch.rollout.prompt_mask[source_rows], ids, mask,
-                         torch.zeros((len(failing), width)), torch.zeros(len(failing), dtype=torch.bool))
+        device = batch.rollout.prompt_ids.device
+        anchor = Rollout(batch.rollout.prompt_ids[source_rows], batch.rollout.prompt_mask[source_rows], ids.to(device),
+                         mask.to(device), torch.zeros((len(failing), width), device=device),
+                         torch.zeros(len(failing), dtype=torch.bool, device=device))
         rows_prompts = [batch.prompts[k * g] for k in failing]
         rows_answers = [batch.answers[k * g] for k in failing]
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        reward, task = self._score(rows_prompts, texts, rows_answers, [len(c) for c in completions],
-                                   [False] * len(failing))
+        reward, task = self._once(lambda: self._score(rows_prompts, texts, rows_answers, [len(c) for c in completions],
+                                                      [False] * len(failing)))
         batch.rollout = concat_rollouts([batch.rollout, anchor], self.tokenizer.pad_token_id)
         batch.prompts += rows_prompts
         batch.answers += rows_answers

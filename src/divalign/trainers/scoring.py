@@ -19,8 +19,9 @@ def token_logprobs(model, sequences: SequenceBatch, micro_batches: list[list[int
     value head's predictions (B, T) on the model's last hidden states when a head is given."""
     rows = sequences.input_ids.shape[0]
     width = sequences.completion_mask.shape[1]
-    logps = torch.zeros((rows, width))
-    values = torch.zeros((rows, width)) if value_head is not None else None
+    device = sequences.input_ids.device
+    logps = torch.zeros((rows, width), device=device)
+    values = torch.zeros((rows, width), device=device) if value_head is not None else None
     for micro in micro_batches:
         index = torch.tensor(micro)
         out = completion_forward(model, sequences.select(index), temperature, group_size=group_size,
@@ -31,9 +32,9 @@ def token_logprobs(model, sequences: SequenceBatch, micro_batches: list[list[int
     return logps, values
 
 
-def sequence_logps(model, data: Encoded, rows: list[int], pad_id: int) -> tuple[Tensor, Tensor]:
+def sequence_logps(model, data: Encoded, rows: list[int], pad_id: int, device="cpu") -> tuple[Tensor, Tensor]:
     """(Σ_t log π(y_t | x, y_<t), response lengths) for the given rows (whole groups)."""
-    return batch_logps(model, data.batch(rows, pad_id), data.group)
+    return batch_logps(model, data.batch(rows, pad_id).to(device), data.group)
 
 
 def batch_logps(model, batch: SequenceBatch, group: int) -> tuple[Tensor, Tensor]:
@@ -50,7 +51,7 @@ def policy_and_reference_logps(policy, reference, batch: SequenceBatch, group: i
 
 
 @torch.no_grad()
-def reference_logps(model, data: Encoded, pad_id: int, chunk: int = 64) -> Tensor:
+def reference_logps(model, data: Encoded, pad_id: int, chunk: int = 64, device="cpu") -> Tensor:
     """Sequence log-probabilities of every response under ``model``, computed once (the cached reference)."""
     was_training = model.training
     model.eval()
@@ -58,6 +59,6 @@ def reference_logps(model, data: Encoded, pad_id: int, chunk: int = 64) -> Tenso
     rows = list(range(len(data.responses)))
     step = max(data.group, chunk - chunk % data.group)
     for start in range(0, len(rows), step):
-        out.append(sequence_logps(model, data, rows[start : start + step], pad_id)[0])
+        out.append(sequence_logps(model, data, rows[start : start + step], pad_id, device)[0])
     model.train(was_training)
     return torch.cat(out)

@@ -19,7 +19,9 @@ from divalign.data.encoding import prompt_ids, response_ids
 from divalign.data.order import EpochOrder
 from divalign.data.tokens import fit
 from divalign.models import configure, segment_logprobs, set_training
+from divalign.parallel import World
 from divalign.tracking import warn
+from divalign.trainers.engine import Engine
 from divalign.trainers.loop import Clock
 from divalign.trainers.optim import Optimization
 from divalign.trainers.options import (
@@ -29,11 +31,13 @@ from divalign.trainers.options import (
     ModelOptions,
     OptimizerOptions,
     RunOptions,
+    TrainingDeviceOptions,
 )
 
 
 @dataclass
-class SFTConfig(ModelOptions, DataOptions, BatchOptions, ForwardOptions, OptimizerOptions, RunOptions):
+class SFTConfig(ModelOptions, DataOptions, BatchOptions, ForwardOptions, TrainingDeviceOptions, OptimizerOptions,
+                RunOptions):
     """Supervised fine-tuning on prompt-completion data, plain text or conversations; the loss covers completion
     tokens only (the held-out data's loss and perplexity are logged)."""
 
@@ -78,6 +82,12 @@ class Rows:
     segment_ids: torch.Tensor  #: (R, L), 0 = padding
     loss_mask: torch.Tensor  #: (R, L − 1): 1 where the target token is a completion token
 
+    def slice(self, start: int, stop: int) -> Rows:
+        return Rows(self.input_ids[start:stop], self.segment_ids[start:stop], self.loss_mask[start:stop])
+
+    def to(self, device) -> Rows:
+        return Rows(self.input_ids.to(device), self.segment_ids.to(device), self.loss_mask.to(device))
+
 
 def build_rows(examples: list[Tokenized], pad_id: int, max_length: int, packing: bool) -> Rows:
     """One example per row, or first-fit packing in the given order."""
@@ -118,9 +128,12 @@ class SFTTrainer:
         items: list[Rendered],
         config: SFTConfig,
         eval_items: list[Rendered] | None = None,
+        world: World | None = None,
     ):
         self.policy, self.tokenizer, self.config = model, tokenizer, config
-        configure(model, fast_path=config.fast_path)
+        self.engine = Engine([model], world or World(), config)
+        configure(model, fast_path=config.fast_path, dtype=self.engine.dtype,
+                  gradient_checkpointing=config.gradient_checkpointing)
         self.examples = tokenize(tokenizer, items, config.max_length)
         self.order = EpochOrder(len(self.examples), f"sft-{config.seed}")
         self._epoch_rows: dict[int, Rows] = {}
@@ -129,7 +142,7 @@ class SFTTrainer:
         self.total_steps = config.steps or max(
             1, math.ceil(config.epochs * self._rows_per_epoch(0) / config.batch_size)
         )
-        self.optimization = Optimization(model, config, self.total_steps)
+        self.optimization = Optimization(model, config, self.total_steps, self.engine)
 
     def _rows(self, epoch: int) -> Rows:
         """The rows of one epoch (the latest one built is kept; row counts of all built epochs are kept)."""
@@ -161,13 +174,7 @@ class SFTTrainer:
                 epoch += 1
             rows = self._rows(epoch)
             take = min(need, rows.input_ids.shape[0] - index)
-            picked.append(
-                Rows(
-                    rows.input_ids[index : index + take],
-                    rows.segment_ids[index : index + take],
-                    rows.loss_mask[index : index + take],
-                )
-            )
+            picked.append(rows.slice(index, index + take))
             need, k = need - take, k + take
         width = max(p.input_ids.shape[1] for p in picked)
         pad_id = self.tokenizer.pad_token_id
@@ -187,24 +194,27 @@ class SFTTrainer:
         return int(state["step"])
 
     def step(self, step: int) -> dict:
+        """One optimizer step over the step's rows: this process's share of them, in micro-batches, each loss
+        divided by the completion tokens of all the rows (so the shares add up whatever the split)."""
         clock, cfg = Clock(), self.config
         set_training(self.policy, True)
-        batch = self._batch(step)
+        batch = self._batch(step).to(self.engine.device)
         tokens = batch.loss_mask.sum().clamp(min=1)
-        micro = cfg.micro_batch_size or batch.input_ids.shape[0]
-        loss_total = 0.0
-        for start in range(0, batch.input_ids.shape[0], micro):
-            part = Rows(
-                batch.input_ids[start : start + micro],
-                batch.segment_ids[start : start + micro],
-                batch.loss_mask[start : start + micro],
-            )
-            nll, _ = sft_loss_terms(self.policy, part)
-            loss = nll / tokens
-            loss.backward()
-            loss_total += float(loss.item())
-        row = {"step": step + 1, "loss": loss_total, "tokens": int(tokens.item()),
-               **self.optimization.step(loss_total)}
+        share = self.engine.world.share(batch.input_ids.shape[0])
+        micro = cfg.micro_batch_size or max(len(share), 1)
+
+        def loss_of(rows: Rows):
+            def run():
+                nll, _ = sft_loss_terms(self.policy, rows)
+                loss = nll / tokens
+                return loss, {"loss": float(loss.item())}
+            return run
+
+        passes = [loss_of(batch.slice(start, min(start + micro, share.stop)))
+                  for start in range(share.start, share.stop, micro)]
+        sums = self.engine.accumulate(passes, filler=loss_of(batch.slice(0, 1)))
+        row = {"step": step + 1, "loss": sums["loss"], "tokens": int(tokens.item()),
+               **self.optimization.step(sums["loss"])}
         if self.eval_examples and (
             (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == self.total_steps
         ):
@@ -214,19 +224,18 @@ class SFTTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean completion-token NLL and perplexity on the held-out examples."""
+        """Mean completion-token NLL and perplexity on the held-out examples (each process scores its share)."""
         was_training = self.policy.training
         self.policy.eval()
         rows = build_rows(self.eval_examples, self.tokenizer.pad_token_id, self.config.max_length, packing=False)
-        nll, count = 0.0, 0.0
-        for start in range(0, rows.input_ids.shape[0], 64):
-            part = Rows(
-                rows.input_ids[start : start + 64],
-                rows.segment_ids[start : start + 64],
-                rows.loss_mask[start : start + 64],
-            )
-            s, c = sft_loss_terms(self.policy, part)
-            nll, count = nll + float(s), count + float(c)
+        rows = rows.to(self.engine.device)
+        share = self.engine.evaluation_share(rows.input_ids.shape[0])
+        totals = torch.zeros(2, dtype=torch.float64)
+        with self.engine.autocast():
+            for start in range(share.start, share.stop, 64):
+                nll, count = sft_loss_terms(self.policy, rows.slice(start, min(start + 64, share.stop)))
+                totals += torch.tensor([float(nll), float(count)], dtype=torch.float64)
+        nll, count = self.engine.evaluation_total(totals).tolist()
         self.policy.train(was_training)
         mean = nll / max(count, 1.0)
         return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50.0))}
