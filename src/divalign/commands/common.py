@@ -13,12 +13,17 @@ from transformers.utils import logging as transformers_logging
 
 from divalign import parallel
 from divalign.allocator import keep_freed_memory
+from divalign.checkpoint import atomic_directory
 from divalign.config import dump_yaml
 from divalign.errors import UserError
+from divalign.models import save_model
+from divalign.models.adapters import add_lora, load_adapter, merged
 from divalign.parallel import World
 from divalign.trainers.loop import FINAL_MODEL, resume_point, run_steps
 
 CONFIG_FILE = "config.yaml"
+#: The folder of a LoRA run's merged model, next to the adapter's ``model/``.
+MERGED_MODEL = "model-merged"
 
 
 @dataclass
@@ -32,8 +37,24 @@ class Run:
     world: World
 
     def model_path(self, start: str) -> str | Path:
-        """The model to load: the checkpoint's when resuming, else ``start``."""
+        """The model to load: the checkpoint's when resuming, else ``start`` (with LoRA, see :meth:`base_path`)."""
         return self.checkpoint / FINAL_MODEL if self.checkpoint is not None else start
+
+    def base_path(self, config) -> str | Path:
+        """The model a training command loads before adapters: the checkpoint's when resuming a run without
+        adapters, else ``config.model`` (a LoRA checkpoint holds only the adapter)."""
+        return config.model if config.lora.r else self.model_path(config.model)
+
+
+def trained_model(base, config, run: Run, classifier: bool = False):
+    """The model a training command trains: ``base`` itself, or with LoRA (``--lora.r``) the base with adapters,
+    a resumed run's read from its checkpoint (``classifier``: a reward model, whose score head trains too)."""
+    if not config.lora.r:
+        return base
+    if run.checkpoint is not None:
+        return load_adapter(base, run.checkpoint / FINAL_MODEL)
+    lora = config.lora
+    return add_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules, classifier)
 
 
 def prepare_run(config) -> Run:
@@ -86,9 +107,13 @@ def run_training(trainer, run: Run, config, total_steps: int, postfix_keys: tupl
     run.world.barrier()
     start = trainer.load_state_dict(run.state) if run.state is not None else 0
     extra = {"postfix_keys": postfix_keys} if postfix_keys else {}
-    return run_steps(trainer, run.folder, total_steps, start_step=start, save_every=config.save_every,
+    rows = run_steps(trainer, run.folder, total_steps, start_step=start, save_every=config.save_every,
                      keep_checkpoints=config.keep_checkpoints, show_progress=config.progress,
                      resumed=config.resume, max_consecutive_skips=config.max_consecutive_skips, **extra)
+    if config.lora.r and config.merge and run.world.main:
+        with atomic_directory(run.folder / MERGED_MODEL) as tmp:
+            save_model(merged(trainer.policy), trainer.tokenizer, tmp)
+    return rows
 
 
 def configure_process(threads: int, progress: bool = True) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from divalign import parallel
-from divalign.commands.common import non_negative, positive, prepare_run, run_training
+from divalign.commands.common import non_negative, positive, prepare_run, run_training, trained_model
 from divalign.data.builtin import BUILTIN, builtin_data, train_and_held_out
 from divalign.data.preferences import (
     Pair,
@@ -19,6 +19,7 @@ from divalign.data.preferences import (
 from divalign.data.records import read_records
 from divalign.errors import UserError
 from divalign.models import check_causal_lm_folder, frozen_copy, load_causal_lm, load_tokenizer
+from divalign.models.adapters import AdapterOff
 from divalign.trainers.preference import PreferenceConfig, PreferenceTrainer
 
 
@@ -73,7 +74,10 @@ def run(config: PreferenceConfig) -> list[dict]:
     run = prepare_run(config)
     load_model = functools.partial(load_causal_lm, trust_remote_code=config.trust_remote_code)
     reference, tokenizer = load_model(config.model)
-    if run.checkpoint is not None:
+    if config.lora.r:  # the reference is the base with the adapter off: one copy of the model
+        policy = trained_model(reference, config, run)
+        reference = AdapterOff(policy)
+    elif run.checkpoint is not None:
         policy = load_model(run.model_path(config.model))[0]
     else:
         policy = frozen_copy(reference).requires_grad_(True)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import functools
 
 from divalign import rewards
-from divalign.commands.common import non_negative, positive, prepare_run, run_training
+from divalign.commands.common import non_negative, positive, prepare_run, run_training, trained_model
 from divalign.data.builtin import BUILTIN, builtin_unpaired
 from divalign.data.preferences import Unpaired, as_unpaired, read_pairs, render_unpaired
 from divalign.data.prompts import DatasetPrompts, read_prompt_file, render_examples
 from divalign.errors import UserError
 from divalign.models import check_causal_lm_folder, frozen_copy, load_causal_lm, load_tokenizer
+from divalign.models.adapters import AdapterOff
 from divalign.rewards.spec import check_answers, verifiers_of
 from divalign.tasks.arithmetic import ArithmeticTask, TaskPrompts
 from divalign.trainers.online import OnlineTrainer, RLConfig
@@ -76,9 +77,12 @@ def run(config: RLConfig) -> list[dict]:
     run = prepare_run(config)
     reward_fn = reward_of(config, source)
     load = functools.partial(load_causal_lm, trust_remote_code=config.trust_remote_code)
-    policy, tokenizer = load(run.model_path(config.model))
+    base, tokenizer = load(run.base_path(config))
+    policy = trained_model(base, config, run)
     reference = None
-    if config.needs_reference:  # the starting model; a resumed run's policy has moved away from it
+    if config.needs_reference and config.lora.r:
+        reference = AdapterOff(policy)
+    elif config.needs_reference:  # the starting model; a resumed run's policy has moved away from it
         reference = frozen_copy(policy) if run.checkpoint is None else load(config.model)[0].requires_grad_(False).eval()
     trainer = OnlineTrainer(config, policy, tokenizer, source, reward_fn, reference, preference, run.world)
     return run_training(trainer, run, config, config.steps)

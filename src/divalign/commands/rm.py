@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from divalign.commands.common import non_negative, positive, prepare_run, run_training
+from divalign.commands.common import non_negative, positive, prepare_run, run_training, trained_model
 from divalign.data.builtin import BUILTIN, builtin_data, train_and_held_out
 from divalign.data.preferences import Pair, read_pairs, render_pairs
 from divalign.errors import UserError
@@ -35,6 +35,7 @@ def run(config: RMConfig) -> list[dict]:
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     train, held = render_pairs(tokenizer, train), render_pairs(tokenizer, held)
     run = prepare_run(config)
-    model, tokenizer = load_reward_model(run.model_path(config.model), config.trust_remote_code, config.seed)
+    base, tokenizer = load_reward_model(run.base_path(config), config.trust_remote_code, config.seed)
+    model = trained_model(base, config, run, classifier=True)
     trainer = RewardModelTrainer(model, tokenizer, config, train, held or None, run.world)
     return run_training(trainer, run, config, trainer.total_steps, ("loss", "accuracy", "eval_accuracy"))

@@ -3,7 +3,7 @@ conversations."""
 
 from __future__ import annotations
 
-from divalign.commands.common import non_negative, positive, prepare_run, run_training
+from divalign.commands.common import non_negative, positive, prepare_run, run_training, trained_model
 from divalign.data.sft import read_sft, render_demonstrations
 from divalign.errors import UserError
 from divalign.models import check_causal_lm_folder, load_causal_lm, load_tokenizer
@@ -25,6 +25,7 @@ def run(config: SFTConfig) -> list[dict]:
     rendered = render_demonstrations(tokenizer, items)  # every row, so a template failing on row 900 fails here
     eval_rendered = render_demonstrations(tokenizer, eval_items) if eval_items else None
     run = prepare_run(config)
-    model, tokenizer = load_causal_lm(run.model_path(config.model), trust_remote_code=config.trust_remote_code)
+    base, tokenizer = load_causal_lm(run.base_path(config), trust_remote_code=config.trust_remote_code)
+    model = trained_model(base, config, run)
     trainer = SFTTrainer(model, tokenizer, rendered, config, eval_rendered, run.world)
     return run_training(trainer, run, config, trainer.total_steps, ("loss", "eval_loss"))

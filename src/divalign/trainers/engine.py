@@ -66,20 +66,21 @@ class Engine:
         self.device = world.device
         self.dtype = resolve_dtype(options.dtype, world.device)
         self.sharding = options.sharding if world.size > 1 else None
-        for module in [*trained, *frozen]:
+        # a reference that owns no parameters (a LoRA model's base with the adapter off) needs no placing
+        self.trained, self.frozen = list(trained), tuple(m for m in frozen if next(m.parameters(), None) is not None)
+        for module in [*self.trained, *self.frozen]:
             module.to(self.device)
         if options.gradient_checkpointing:
-            for module in trained:
+            for module in self.trained:
                 if hasattr(module, "gradient_checkpointing_enable"):
                     module.gradient_checkpointing_enable()
-        self.trained, self.frozen = list(trained), tuple(frozen)
         self._ddp = None
         if self.sharding == "fsdp":
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
 
             mesh = init_device_mesh(self.device.type, (world.size,))
-            for module in [*trained, *frozen]:
+            for module in [*self.trained, *self.frozen]:
                 for layer in _decoder_layers(module):
                     fully_shard(layer, mesh=mesh)
                 fully_shard(module, mesh=mesh)

@@ -97,8 +97,7 @@ def run_steps(
     try:
         for step in range(start_step, total_steps):
             row = trainer.step(step)
-            if engine.world.size > 1:
-                row["world_size"] = engine.world.size
+            row["world_size"] = engine.world.size
             try:
                 watch.see(row)
             finally:

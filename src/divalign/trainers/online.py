@@ -43,6 +43,7 @@ from divalign.trainers.loop import Clock, MetricSums
 from divalign.trainers.offpolicy import PreferencePart
 from divalign.trainers.optim import Optimization
 from divalign.trainers.options import (
+    AdapterOptions,
     CompileOptions,
     ModelOptions,
     ObjectiveChoice,
@@ -54,8 +55,8 @@ from divalign.trainers.rollouts import Collected, RolloutCollector, Sampling
 
 
 @dataclass
-class RLConfig(ObjectiveChoice, ModelOptions, RewardOptions, CompileOptions, TrainingDeviceOptions, OptimizerOptions,
-               RunOptions):
+class RLConfig(ObjectiveChoice, ModelOptions, AdapterOptions, RewardOptions, CompileOptions, TrainingDeviceOptions,
+               OptimizerOptions, RunOptions):
     """Online RL (GRPO family, RLOO, PPO, DaGRPO, f-GRPO, f-HAL, ...) on a local Hugging Face causal LM; the model
     is also the frozen reference."""
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from divalign import objectives
 from divalign.config import OBJECTIVE_OPTIONS
+from divalign.models.adapters import ALL_LINEAR
 from divalign.parallel import DEVICES, DTYPES
 from divalign.trainers.engine import SHARDINGS
 
@@ -76,6 +77,41 @@ class TrainingDeviceOptions(DeviceOptions):
         if self.sharding not in SHARDINGS:
             raise ValueError(f"sharding: expected one of {', '.join(SHARDINGS)} (got '{self.sharding}')")
         super().__post_init__()
+
+
+@dataclass
+class LoraOptions:
+    """LoRA adapters through PEFT (divalign.models.adapters)."""
+
+    r: int = 0
+    """Rank of the adapters (0: no adapters, the whole model trains)."""
+    alpha: float = 16.0
+    """The adapters' output is scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input."""
+    target_modules: str = ALL_LINEAR
+    """Modules that get adapters: all-linear (every linear layer but the output head) or comma-separated names
+    (q_proj,k_proj,v_proj,o_proj)."""
+
+    def __post_init__(self):
+        if self.r < 0:
+            raise ValueError(f"lora.r must be >= 0 (got {self.r})")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"lora.alpha must be a number > 0 (got {self.alpha})")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.dropout must be in [0, 1) (got {self.dropout})")
+        if not self.target_modules.strip():
+            raise ValueError("lora.target_modules is empty")
+
+
+@dataclass
+class AdapterOptions:
+    """Train adapters instead of the whole model, and what to save."""
+
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    merge: bool = False
+    """With LoRA, also write the model with the adapter merged into its weights (a plain Hugging Face folder) as
+    model-merged/ next to the adapter's model/."""
 
 
 @dataclass

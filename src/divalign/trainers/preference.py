@@ -26,6 +26,7 @@ from divalign.trainers.engine import Engine
 from divalign.trainers.loop import Clock
 from divalign.trainers.optim import Optimization
 from divalign.trainers.options import (
+    AdapterOptions,
     BatchOptions,
     CompileOptions,
     ModelOptions,
@@ -39,7 +40,7 @@ from divalign.trainers.scoring import batch_logps, policy_and_reference_logps, r
 
 
 @dataclass
-class PreferenceConfig(ObjectiveChoice, ModelOptions, PairDataOptions, BatchOptions, CompileOptions,
+class PreferenceConfig(ObjectiveChoice, ModelOptions, AdapterOptions, PairDataOptions, BatchOptions, CompileOptions,
                        TrainingDeviceOptions, OptimizerOptions, RunOptions):
     """Offline alignment on preference pairs (dpo, ipo, fdpo, fpo) or desirable/undesirable data (fdo, kto); the
     model is also the frozen reference."""

@@ -23,6 +23,7 @@ from divalign.trainers.engine import Engine
 from divalign.trainers.loop import Clock
 from divalign.trainers.optim import Optimization
 from divalign.trainers.options import (
+    AdapterOptions,
     BatchOptions,
     ModelOptions,
     OptimizerOptions,
@@ -33,7 +34,8 @@ from divalign.trainers.options import (
 
 
 @dataclass
-class RMConfig(ModelOptions, PairDataOptions, BatchOptions, TrainingDeviceOptions, OptimizerOptions, RunOptions):
+class RMConfig(ModelOptions, AdapterOptions, PairDataOptions, BatchOptions, TrainingDeviceOptions, OptimizerOptions,
+               RunOptions):
     """Bradley-Terry reward model on preference pairs, started from a causal-LM folder (or a reward-model folder to
     continue); saved as AutoModelForSequenceClassification."""
 

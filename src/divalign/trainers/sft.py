@@ -25,6 +25,7 @@ from divalign.trainers.engine import Engine
 from divalign.trainers.loop import Clock
 from divalign.trainers.optim import Optimization
 from divalign.trainers.options import (
+    AdapterOptions,
     BatchOptions,
     DataOptions,
     ForwardOptions,
@@ -36,8 +37,8 @@ from divalign.trainers.options import (
 
 
 @dataclass
-class SFTConfig(ModelOptions, DataOptions, BatchOptions, ForwardOptions, TrainingDeviceOptions, OptimizerOptions,
-                RunOptions):
+class SFTConfig(ModelOptions, AdapterOptions, DataOptions, BatchOptions, ForwardOptions, TrainingDeviceOptions,
+                OptimizerOptions, RunOptions):
     """Supervised fine-tuning on prompt-completion data, plain text or conversations; the loss covers completion
     tokens only (the held-out data's loss and perplexity are logged)."""
 
