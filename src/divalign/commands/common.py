@@ -14,11 +14,12 @@ from transformers.utils import logging as transformers_logging
 from divalign import parallel
 from divalign.allocator import keep_freed_memory
 from divalign.checkpoint import atomic_directory
-from divalign.config import dump_yaml
+from divalign.config import dump_yaml, to_dict
 from divalign.errors import UserError
 from divalign.models import save_model
 from divalign.models.adapters import add_lora, load_adapter, merged
 from divalign.parallel import World
+from divalign.tracking import Trackers, tracker_names
 from divalign.trainers.loop import FINAL_MODEL, resume_point, run_steps
 
 CONFIG_FILE = "config.yaml"
@@ -107,9 +108,16 @@ def run_training(trainer, run: Run, config, total_steps: int, postfix_keys: tupl
     run.world.barrier()
     start = trainer.load_state_dict(run.state) if run.state is not None else 0
     extra = {"postfix_keys": postfix_keys} if postfix_keys else {}
-    rows = run_steps(trainer, run.folder, total_steps, start_step=start, save_every=config.save_every,
-                     keep_checkpoints=config.keep_checkpoints, show_progress=config.progress,
-                     resumed=config.resume, max_consecutive_skips=config.max_consecutive_skips, **extra)
+    names = tracker_names(config.report_to)
+    trackers = Trackers(names, run.folder, to_dict(config)) if names and run.world.main else None
+    try:
+        rows = run_steps(trainer, run.folder, total_steps, start_step=start, save_every=config.save_every,
+                         keep_checkpoints=config.keep_checkpoints, show_progress=config.progress,
+                         resumed=config.resume, max_consecutive_skips=config.max_consecutive_skips,
+                         trackers=trackers, **extra)
+    finally:
+        if trackers is not None:
+            trackers.close()
     if config.lora.r and config.merge and run.world.main:
         with atomic_directory(run.folder / MERGED_MODEL) as tmp:
             save_model(merged(trainer.policy), trainer.tokenizer, tmp)

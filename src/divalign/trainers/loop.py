@@ -75,10 +75,12 @@ def run_steps(
     postfix_keys: tuple[str, ...] = ("reward_mean", "kl"),
     max_seconds: float | None = None,
     max_consecutive_skips: int = 3,
+    trackers=None,
 ) -> list[dict]:
     """Run ``trainer.step`` from ``start_step`` to ``total_steps`` (or until ``max_seconds`` of training time);
     log, checkpoint, save the final model. With ``resumed`` the metrics log first drops rows after
-    ``start_step`` (all of them when a run restarts from step 0 for want of a checkpoint).
+    ``start_step`` (all of them when a run restarts from step 0 for want of a checkpoint). Each row also goes to
+    ``trackers`` (:class:`divalign.tracking.Trackers`) when given.
 
     Every row goes through a :class:`~divalign.trainers.health.RunWatch`, which stops the run
     (:class:`~divalign.errors.RunFailed`) after ``max_consecutive_skips`` steps in a row without an update; then,
@@ -103,6 +105,8 @@ def run_steps(
             finally:
                 if log is not None:
                     log.write(row)
+                if trackers is not None:
+                    trackers.log(row)
             rows.append(row)
             bar.update(1)
             bar.set_postfix({k: f"{row[k]:.3g}" for k in postfix_keys if k in row}, refresh=False)

@@ -14,6 +14,7 @@ from divalign import objectives
 from divalign.config import OBJECTIVE_OPTIONS
 from divalign.models.adapters import ALL_LINEAR
 from divalign.parallel import DEVICES, DTYPES
+from divalign.tracking import tracker_names
 from divalign.trainers.engine import SHARDINGS
 
 
@@ -138,10 +139,15 @@ class RunOptions:
     """How many recent checkpoints to keep."""
     max_consecutive_skips: int = 3
     """Stop the run after this many steps in a row whose update was left out (non-finite loss or gradient)."""
+    report_to: str = "none"
+    """Experiment trackers that also get every step's metrics and the config (metrics.jsonl is always written):
+    none, or any of tensorboard, wandb, trackio, mlflow, comma-separated (each an optional extra:
+    pip install 'divalign[tensorboard]')."""
 
     def __post_init__(self):
         if self.max_consecutive_skips < 1:
             raise ValueError(f"max_consecutive_skips must be >= 1 (got {self.max_consecutive_skips})")
+        tracker_names(self.report_to)
         next_check(self, RunOptions)
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
