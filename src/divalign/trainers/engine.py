@@ -72,8 +72,11 @@ class Engine:
             module.to(self.device)
         if options.gradient_checkpointing:
             for module in self.trained:
-                if hasattr(module, "gradient_checkpointing_enable"):
-                    module.gradient_checkpointing_enable()
+                # transformers 5 renamed the switch; older versions have only the first name
+                enable = getattr(module, "activation_checkpointing_enable", None) or getattr(
+                    module, "gradient_checkpointing_enable", None)
+                if enable is not None:
+                    enable()
         self._ddp = None
         if self.sharding == "fsdp":
             from torch.distributed.device_mesh import init_device_mesh

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
+
 from divalign import objectives
 from divalign.config import OBJECTIVE_OPTIONS
 from divalign.models.adapters import ALL_LINEAR
@@ -60,6 +62,8 @@ class DeviceOptions:
             raise ValueError(f"device: expected one of {', '.join(DEVICES)} (got '{self.device}')")
         if self.dtype not in ("auto", *DTYPES):
             raise ValueError(f"dtype: expected one of auto, {', '.join(DTYPES)} (got '{self.dtype}')")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device: cuda was asked for, but this torch sees no GPU (use --device cpu or auto)")
         next_check(self, DeviceOptions)
 
 
