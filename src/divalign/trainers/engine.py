@@ -72,7 +72,7 @@ class Engine:
             module.to(self.device)
         if options.gradient_checkpointing:
             for module in self.trained:
-                # transformers 5 renamed the switch; older versions have only the first name
+                # recent transformers call the switch activation_checkpointing_enable and deprecate the older name
                 enable = getattr(module, "activation_checkpointing_enable", None) or getattr(
                     module, "gradient_checkpointing_enable", None)
                 if enable is not None:
