@@ -134,3 +134,17 @@ def test_asking_for_a_gpu_that_is_not_there_is_one_line(tmp_path, tiny_model_dir
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and not out.exists()
     assert err == ["divalign: error: config: device: cuda was asked for, but this torch sees no GPU (use --device cpu or auto)"]
+
+
+def test_eval_in_bf16_agrees_with_fp32(tmp_path, tiny_model_dir):
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": p + c}) + "\n" for p, c in zip(PROMPTS, COMPLETIONS)))
+    results = {}
+    for dtype in ("fp32", "bf16"):
+        out = tmp_path / dtype
+        assert main(["eval", "--model", tiny_model_dir, "--perplexity-data", str(texts), "--dtype", dtype,
+                     "--output-dir", str(out), "--no-progress"]) == 0
+        results[dtype] = json.loads((out / "results.json").read_text())["perplexity"]
+    assert results["bf16"]["tokens"] == results["fp32"]["tokens"]
+    assert results["bf16"]["nll_per_token"] != results["fp32"]["nll_per_token"]  # bf16 really ran
+    assert results["bf16"]["nll_per_token"] == pytest.approx(results["fp32"]["nll_per_token"], rel=0.01)

@@ -88,6 +88,11 @@ def resolve_device(option: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def process_device(option: str) -> torch.device:
+    """The device of ``--device`` for this process (its local rank's GPU under torchrun)."""
+    return resolve_device(option, int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def resolve_dtype(option: str, device: torch.device) -> torch.dtype:
     """The compute precision of ``--dtype``: ``auto`` is bf16 on a GPU that supports it, else fp32."""
     if option == "auto":
@@ -102,7 +107,7 @@ def start(device_option: str = "auto") -> World:
     """The world of this run: join the processes torchrun started (gloo on CPU, NCCL on CUDA) and pick this
     process's device."""
     size, rank = launched_size(), launched_rank()
-    device = resolve_device(device_option, int(os.environ.get("LOCAL_RANK", "0")))
+    device = process_device(device_option)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if size > 1 and not dist.is_initialized():

@@ -29,10 +29,12 @@ from divalign.eval.safety.gcg import gcg_attack
 from divalign.eval.safety.judge import train_and_score
 from divalign.eval.safety.suite import run_safety
 from divalign.eval.separation import last_token_states, separation
-from divalign.models import check_causal_lm_folder, load_causal_lm, load_tokenizer
+from divalign.models import check_causal_lm_folder, configure, load_causal_lm, load_tokenizer
+from divalign.parallel import autocast, process_device, resolve_dtype
 from divalign.rewards import RewardOptions
 from divalign.rewards.spec import check_answers, verifiers_of
 from divalign.tasks.arithmetic import ArithmeticTask
+from divalign.trainers.options import DeviceOptions
 
 RESULTS = "results.json"
 CACHE = "generations.jsonl"
@@ -40,7 +42,7 @@ FAMILIES = ("gptfuzzer", "gptfuzzer-short", "autodan", "autodan-population")
 
 
 @dataclass
-class EvalConfig(RewardOptions):
+class EvalConfig(RewardOptions, DeviceOptions):
     """Evaluate a model folder: task accuracy, reward, KL, perplexity, lengths, win rate, safety, calibration,
     separation. Each section runs when its options are given."""
 
@@ -170,12 +172,11 @@ def run(config: EvalConfig) -> dict:
     tokenizer = load_tokenizer(config.model, config.trust_remote_code) if prompts else None
     texts = [render_prompt(tokenizer, ex.prompt, config.prompt_format, ex.where or "prompt")[0] for ex in requests]
     scorer = rewards.get(config.reward, config) if config.reward else None
-    judge = rewards.get(f"rm:{config.judge_rm}") if config.model_b else None
+    judge = rewards.get(f"rm:{config.judge_rm}", config) if config.model_b else None
     out = check_output_dir(config.output_dir, config.resume)
     configure_process(config.threads, config.progress)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_causal_lm(config.model, trust_remote_code=config.trust_remote_code)
-    model.requires_grad_(False)
+    model, tokenizer = _load(config.model, config)
     create_run_dir(out, config)
     cache = GenerationCache(out / CACHE)
     results: dict = {"model": config.model}
@@ -185,7 +186,8 @@ def run(config: EvalConfig) -> dict:
 
     def section(name, fn):
         t = time.perf_counter()
-        results[name] = fn()
+        with _precision(config):
+            results[name] = fn()
         timings[name] = time.perf_counter() - t
         (out / RESULTS).write_text(json.dumps({**results, "seconds": timings}, indent=2))  # partial results survive
 
@@ -221,6 +223,20 @@ def run(config: EvalConfig) -> dict:
     return results
 
 
+def _load(folder: str, config: EvalConfig):
+    """A causal LM of the evaluation, frozen, on the run's device, its forward chosen for the run's precision."""
+    model, tokenizer = load_causal_lm(folder, trust_remote_code=config.trust_remote_code)
+    model.requires_grad_(False).to(process_device(config.device))
+    configure(model, dtype=resolve_dtype(config.dtype, process_device(config.device)))
+    return model, tokenizer
+
+
+def _precision(config: EvalConfig):
+    """Every section's forwards run in the run's precision (log-probabilities still come out in fp32)."""
+    device = process_device(config.device)
+    return autocast(device, resolve_dtype(config.dtype, device))
+
+
 def _task(config: EvalConfig):
     if not config.task:
         return [], None
@@ -241,13 +257,13 @@ def _calibration(model, tokenizer, examples, reward_fn, config, out: Path) -> di
 
 
 def _kl(model, tokenizer, prompts, config) -> dict:
-    reference, _ = load_causal_lm(config.reference, trust_remote_code=config.trust_remote_code)
+    reference, _ = _load(config.reference, config)
     return kl_to_reference(model, reference, tokenizer, prompts, samples_per_prompt=config.kl_samples,
                            max_new_tokens=config.max_new_tokens, seed=config.seed)
 
 
 def _win_rate(model, tokenizer, prompts, texts, answers, judge, config, common) -> dict:
-    other, other_tok = load_causal_lm(config.model_b, trust_remote_code=config.trust_remote_code)
+    other, other_tok = _load(config.model_b, config)
     other_answers = generate(other, other_tok, prompts, Decoding(config.max_new_tokens, greedy=True),
                              desc="model_b responses", **{**common, "model_id": config.model_b})
     blank = [""] * len(prompts)

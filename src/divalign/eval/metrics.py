@@ -42,9 +42,10 @@ def kl_to_reference(model, reference, tokenizer, prompts: list[str | tuple[str, 
 def perplexity(model, tokenizer, texts: list[str], max_length: int = 512, batch_size: int = 16) -> dict:
     """exp of the mean negative log-likelihood per predicted token over ``texts`` (each cut to ``max_length``)."""
     nll, tokens = 0.0, 0
+    device = next(model.parameters()).device
     for start in range(0, len(texts), batch_size):
         rows = [tokenizer(t)["input_ids"][:max_length] for t in texts[start:start + batch_size]]
-        ids, mask = pad(rows, tokenizer.pad_token_id)
+        ids, mask = pad(rows, tokenizer.pad_token_id, device=device)
         logp = segment_logprobs(model, ids, mask)
         nll -= float(logp.sum())
         tokens += int((mask[:, 1:] * mask[:, :-1]).sum())

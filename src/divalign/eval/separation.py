@@ -30,11 +30,12 @@ def last_token_states(model, tokenizer, prompts: list[tuple[str, bool]], batch_s
     was_training = model.training
     model.eval()
     out = []
+    device = next(model.parameters()).device
     for start in range(0, len(prompts), batch_size):
         ids, mask = left_pad([prompt_ids(tokenizer, text, templated)[-max_tokens:]
-                              for text, templated in prompts[start:start + batch_size]], tokenizer.pad_token_id)
+                              for text, templated in prompts[start:start + batch_size]], tokenizer.pad_token_id, device)
         hidden = base(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
-        out.append(hidden.last_hidden_state[:, -1].float().numpy())
+        out.append(hidden.last_hidden_state[:, -1].float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out)
 

@@ -82,7 +82,7 @@ def get(spec: str, options: RewardOptions | None = None) -> Reward:
 
 def _term(spec: str, options: RewardOptions) -> Reward:
     if spec.startswith("rm:"):
-        return RewardModelScorer(spec[3:])
+        return RewardModelScorer(spec[3:], device=getattr(options, "device", "cpu"))
     if spec in IN_PROCESS:
         return PerSample(IN_PROCESS[spec], spec)
     if spec in OUT_OF_PROCESS:

@@ -53,17 +53,19 @@ def gcg_attack(model, tokenizer, request: str, target: str, *, steps: int = 50, 
     generator = torch.Generator().manual_seed(seed)
     model.eval()
     embed = model.get_input_embeddings()
-    vocab = embed.weight.shape[0]
+    vocab, device = embed.weight.shape[0], embed.weight.device
     allowed = torch.ones(vocab, dtype=torch.bool)
     allowed[[i for i in tokenizer.all_special_ids if i < vocab]] = False
     for i in range(min(vocab, len(tokenizer))):  # tokens that do not decode to text (byte pieces, blanks)
         if "\ufffd" in tokenizer.decode([i]) or not tokenizer.decode([i]).strip():
             allowed[i] = False
-    prefix_ids = torch.tensor(tokenizer(request + " ")["input_ids"])
-    target_ids = torch.tensor(tokenizer(target, add_special_tokens=False)["input_ids"])
+    # the random draws come from a CPU generator (the same suffixes on every device), then move to the model
+    prefix_ids = torch.tensor(tokenizer(request + " ")["input_ids"], device=device)
+    target_ids = torch.tensor(tokenizer(target, add_special_tokens=False)["input_ids"], device=device)
     allowed_ids = allowed.nonzero().squeeze(-1)
     top_k = min(top_k, len(allowed_ids))
-    suffix = allowed_ids[torch.randint(len(allowed_ids), (suffix_length,), generator=generator)]
+    suffix = allowed_ids[torch.randint(len(allowed_ids), (suffix_length,), generator=generator)].to(device)
+    allowed = allowed.to(device)
     with torch.no_grad():
         prefix_embeds = embed(prefix_ids).unsqueeze(0)
         best = float(_target_loss(model, prefix_embeds, embed(suffix).unsqueeze(0), target_ids)[0])
@@ -74,10 +76,10 @@ def gcg_attack(model, tokenizer, request: str, target: str, *, steps: int = 50, 
         (grad,) = torch.autograd.grad(loss, one_hot)  # only the suffix's gradient; parameters keep no .grad
         grad[:, ~allowed] = float("inf")
         top = (-grad).topk(top_k, dim=-1).indices  # (S, k) most promising replacements per position
-        positions = torch.randint(suffix_length, (candidates,), generator=generator)
-        choices = top[positions, torch.randint(top_k, (candidates,), generator=generator)]
+        positions = torch.randint(suffix_length, (candidates,), generator=generator).to(device)
+        choices = top[positions, torch.randint(top_k, (candidates,), generator=generator).to(device)]
         trial = suffix.repeat(candidates, 1)
-        trial[torch.arange(candidates), positions] = choices
+        trial[torch.arange(candidates, device=device), positions] = choices
         with torch.no_grad():
             losses = _target_loss(model, prefix_embeds, embed(trial), target_ids)
         index = int(losses.argmin())
