@@ -16,6 +16,7 @@ import contextlib
 import torch
 
 from divalign import objectives
+from divalign.objectives import aggregation
 from divalign.charlm import ARITHMETIC_ALPHABET, build_char_tokenizer, tiny_llama
 from divalign.data.chat import Rendered
 from divalign.data.preferences import Pair, Unpaired
@@ -49,7 +50,7 @@ def online_cases():
     cases = []
     for name in objectives.names(("online",)):
         options_class = objectives.get(name).options
-        modes = ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] if name == "grpo" else [None]
+        modes = list(aggregation.MODES) if name == "grpo" else [None]
         for mode in modes:
             options = options_class(aggregation=mode) if mode else options_class()
             cases.append((f"{name}" + (f"/{mode}" if mode else ""), name, options))
@@ -139,7 +140,7 @@ def main() -> None:
                                      preference, world=world))
     if world.main:
         torch.save(results, args.out)
-    finish()
+    finish()  # waits for the main process's save
 
 
 if __name__ == "__main__":

@@ -87,10 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS[args.command]
     # under torchrun every process meets the same mistake; the main one says it
     say = parallel.launched_rank() == 0
+    together = False  # whether every process reaches the end in step (then they wait for each other to leave)
     try:
         config = _config(command.config, args)
         command.run(config, args.runs) if args.command == "report" else command.run(config)
+        together = True
     except UserError as exc:
+        together = True  # every process meets the same mistake
         if say:
             print(f"divalign: error: {exc}", file=sys.stderr)
         return 2
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print("divalign: interrupted", file=sys.stderr)
         return 130
     finally:
-        parallel.finish()
+        parallel.finish(together)
     return 0
 
 

@@ -116,9 +116,13 @@ def start(device_option: str = "auto") -> World:
     return World(rank, size, device)
 
 
-def finish() -> None:
-    """Leave the process group (if this process joined one)."""
+def finish(together: bool = True) -> None:
+    """Leave the process group (if this process joined one). ``together``: first wait until every process is
+    done (gloo aborts a process that tears its group down while a peer still works, e.g. while the main process
+    writes the last files); a failing process leaves without waiting for peers that may never come."""
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -44,11 +44,13 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
     return advantages, (advantages + values) * mask
 
 
-def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
-    """(x − mean) / std over the masked entries (PPO's advantage whitening; biased variance); padding stays 0."""
-    count = mask.sum().clamp(min=1)
-    mean = (values * mask).sum() / count
-    var = (((values - mean) * mask) ** 2).sum() / count
+def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8, unbiased: bool = False) -> Tensor:
+    """(x − mean) / √(var + eps) over the masked entries (PPO's advantage whitening); padding stays 0. The variance
+    divides by the count N (biased, as TRL's PPO and OpenRLHF), or with ``unbiased`` by N − 1 (Bessel's
+    correction, as verl's ``masked_whiten``)."""
+    count = mask.sum()
+    mean = (values * mask).sum() / count.clamp(min=1)
+    var = (((values - mean) * mask) ** 2).sum() / (count - 1 if unbiased else count).clamp(min=1)
     return (values - mean) * torch.rsqrt(var + eps) * mask
 
 

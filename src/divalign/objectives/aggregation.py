@@ -17,6 +17,8 @@ MODES = {
     "token_mean": "DAPO (arXiv 2503.14476): sum over all tokens / number of tokens in the batch",
     "seq_mean_token_sum_norm": "Dr. GRPO (arXiv 2503.20783): token sum / (responses × completion budget)",
     "group_token_mean": "f-GRPO Form B: per prompt, token sum / that prompt's tokens; mean over prompts",
+    "token_sum": "sum over all tokens of the batch, no normaliser (verl's token-sum)",
+    "seq_mean_token_sum": "mean over responses of each response's token sum (verl's seq-mean-token-sum)",
 }
 
 
@@ -35,6 +37,10 @@ def aggregate(per_token: Tensor, batch: OnlineBatch, mode: str) -> Tensor:
         return token_sums.sum() / max(batch.num_tokens, 1)
     if mode == "seq_mean_token_sum_norm":
         return token_sums.sum() / (batch.num_sequences * batch.max_length)
+    if mode == "token_sum":
+        return token_sums.sum()
+    if mode == "seq_mean_token_sum":
+        return token_sums.sum() / batch.num_sequences
     group_tokens = group_sum(batch.lengths, batch.group_ids, batch.local_groups)[batch.group_ids]
     return (token_sums / group_tokens.clamp(min=1)).sum() / batch.num_groups
 

@@ -30,59 +30,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
-from divalign.objectives import kl
-from divalign.objectives.aggregation import aggregate, check_mode, token_share
+from divalign.objectives.aggregation import aggregate, token_share
 from divalign.objectives.batch import OnlineBatch
-from divalign.objectives.interface import OnlineOptions, RolloutPlan
+from divalign.objectives.interface import RolloutPlan
+from divalign.objectives.policy import ClipOptions, clip_fraction_mask, clipped_surrogate, token_ratio, with_kl
 from divalign.objectives.registry import register
 
 
 @dataclass
-class GRPOOptions(OnlineOptions):
+class GRPOOptions(ClipOptions):
     """Options of the ``grpo`` objective."""
 
-    epsilon_low: float = 0.2
-    """Lower clip range: ρ is clipped below at 1 − epsilon_low."""
-    epsilon_high: float = 0.2
-    """Upper clip range: ρ is clipped above at 1 + epsilon_high (DAPO uses 0.28)."""
     beta: float = 0.04
-    """Weight of the k3 KL penalty to the reference policy (0 disables it and the reference model)."""
-    aggregation: str = "seq_mean_token_mean"
-    """seq_mean_token_mean (GRPO), token_mean (DAPO) or seq_mean_token_sum_norm (Dr. GRPO)."""
+    """Weight of the KL penalty to the reference policy (0 disables it and the reference model)."""
 
     advantage: ClassVar[str] = "group"
-
-    def __post_init__(self):
-        check_mode(self.aggregation, "grpo.aggregation")
-        if self.epsilon_low < 0 or self.epsilon_high < 0 or self.beta < 0:
-            raise ValueError("grpo: epsilon_low, epsilon_high and beta must be >= 0")
-
-    def needs_reference(self) -> bool:
-        return self.beta > 0
 
 
 @register("grpo", family="online", options=GRPOOptions)
 def grpo_loss(batch: OnlineBatch, options: GRPOOptions):
-    log_ratio = (batch.logprobs - batch.old_logprobs).clamp(-kl.LOG_RATIO_LIMIT, kl.LOG_RATIO_LIMIT)
-    ratio = torch.exp(log_ratio)
+    ratio = token_ratio(batch)
     adv = batch.advantages.unsqueeze(-1)
     low, high = 1.0 - options.epsilon_low, 1.0 + options.epsilon_high
-    surrogate = torch.min(ratio * adv, ratio.clamp(low, high) * adv)
-    per_token = -surrogate
-    with torch.no_grad():
-        clipped = ((ratio < low) & (adv < 0)) | ((ratio > high) & (adv > 0))
+    policy = clipped_surrogate(ratio, adv, low, high, options.dual_clip)
     metrics = {
-        "policy_loss": float(aggregate(-surrogate.detach(), batch, options.aggregation).item()),
-        "clip_fraction": token_share(clipped.float(), batch),
+        "policy_loss": float(aggregate(policy.detach(), batch, options.aggregation).item()),
+        "clip_fraction": token_share(clip_fraction_mask(ratio, adv, low, high).float(), batch),
     }
-    if options.beta > 0:
-        if batch.ref_logprobs is None:
-            raise ValueError("grpo with beta > 0 needs reference log-probabilities")
-        per_token = per_token + options.beta * kl.k3(batch.logprobs, batch.ref_logprobs)
-    loss = aggregate(per_token, batch, options.aggregation)
-    return loss, metrics
+    return aggregate(with_kl(policy, batch, options, ratio), batch, options.aggregation), metrics
 
 
 @dataclass
