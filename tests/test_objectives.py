@@ -318,7 +318,7 @@ def test_registry_rejects_unknown_names_and_options():
     """The math layer raises ValueError (the command line reports it as the user's mistake: test_config)."""
     with pytest.raises(ValueError, match="unknown objective 'ppo2'.*fgrpo, fhal, fpo, gmpo, grpo, gspo"):
         objectives.get("ppo2")
-    with pytest.raises(ValueError, match=r"'dpo' \(pairs family\) is not accepted here .*expected one of: dagrpo"):
+    with pytest.raises(ValueError, match=r"'dpo' \(pairs family\) is not accepted here .*expected one of: cispo, dagrpo"):
         objectives.get("dpo", ("online",))
     with pytest.raises(ValueError, match="unknown option 'epsilon'"):
         objectives.get("grpo").make_options({"epsilon": 0.2})
