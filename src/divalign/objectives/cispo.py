@@ -23,7 +23,7 @@ import torch
 
 from divalign.objectives.aggregation import aggregate, token_share
 from divalign.objectives.batch import OnlineBatch
-from divalign.objectives.policy import PolicyOptions, token_ratio, with_kl
+from divalign.objectives.policy import PolicyOptions, token_advantages, token_ratio, with_kl
 from divalign.objectives.registry import register
 
 
@@ -48,7 +48,7 @@ class CISPOOptions(PolicyOptions):
 def cispo_loss(batch: OnlineBatch, options: CISPOOptions):
     ratio = token_ratio(batch)
     weight = ratio.clamp(options.min_weight, options.max_weight).detach()
-    policy = -weight * batch.advantages.unsqueeze(-1) * batch.logprobs
+    policy = -weight * token_advantages(batch) * batch.logprobs
     with torch.no_grad():
         capped = (ratio > options.max_weight) | (ratio < options.min_weight)
     metrics = {"policy_loss": float(aggregate(policy.detach(), batch, options.aggregation)),

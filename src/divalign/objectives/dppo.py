@@ -31,7 +31,7 @@ from torch import Tensor
 
 from divalign.objectives.aggregation import aggregate, token_share
 from divalign.objectives.batch import OnlineBatch
-from divalign.objectives.policy import PolicyOptions, token_ratio, with_kl
+from divalign.objectives.policy import PolicyOptions, token_advantages, token_ratio, with_kl
 from divalign.objectives.registry import register
 
 DIVERGENCES = ("tv", "kl")
@@ -81,7 +81,7 @@ def trust_region_mask(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor
 @register("dppo", family="online", options=DPPOOptions)
 def dppo_loss(batch: OnlineBatch, options: DPPOOptions):
     ratio = token_ratio(batch)
-    adv = batch.advantages.unsqueeze(-1)
+    adv = token_advantages(batch)
     with torch.no_grad():
         mask = trust_region_mask(batch.logprobs, batch.old_logprobs, adv, options.divergence, options.delta_low,
                                  options.delta_high)

@@ -33,7 +33,14 @@ from typing import ClassVar
 from divalign.objectives.aggregation import aggregate, token_share
 from divalign.objectives.batch import OnlineBatch
 from divalign.objectives.interface import RolloutPlan
-from divalign.objectives.policy import ClipOptions, clip_fraction_mask, clipped_surrogate, token_ratio, with_kl
+from divalign.objectives.policy import (
+    ClipOptions,
+    clip_fraction_mask,
+    clipped_surrogate,
+    token_advantages,
+    token_ratio,
+    with_kl,
+)
 from divalign.objectives.registry import register
 
 
@@ -50,7 +57,7 @@ class GRPOOptions(ClipOptions):
 @register("grpo", family="online", options=GRPOOptions)
 def grpo_loss(batch: OnlineBatch, options: GRPOOptions):
     ratio = token_ratio(batch)
-    adv = batch.advantages.unsqueeze(-1)
+    adv = token_advantages(batch)
     low, high = 1.0 - options.epsilon_low, 1.0 + options.epsilon_high
     policy = clipped_surrogate(ratio, adv, low, high, options.dual_clip)
     metrics = {

@@ -61,6 +61,12 @@ class ClipOptions(PolicyOptions):
             raise ValueError(f"dual_clip must be 0 (off) or > 1 (got {self.dual_clip})")
 
 
+def token_advantages(batch: OnlineBatch) -> Tensor:
+    """The advantage of every token, (B, T): the estimator's per-token advantages when it gives them (GAE,
+    REINFORCE++), else each response's advantage on all its tokens, (B, 1) broadcast."""
+    return batch.token_advantages if batch.token_advantages is not None else batch.advantages.unsqueeze(-1)
+
+
 def token_ratio(batch: OnlineBatch) -> Tensor:
     """ρ_t = π_θ/π_old per token (the log-ratio clamped to ±20 before exp)."""
     return torch.exp((batch.logprobs - batch.old_logprobs).clamp(-kl.LOG_RATIO_LIMIT, kl.LOG_RATIO_LIMIT))

@@ -20,10 +20,9 @@ from typing import ClassVar
 
 from divalign.advantages.reinforce_pp import ReturnsOptions
 from divalign.objectives import kl
-from divalign.objectives.aggregation import aggregate, token_share
-from divalign.objectives.batch import OnlineBatch
+from divalign.objectives.grpo import grpo_loss
 from divalign.objectives.interface import KLPenalty
-from divalign.objectives.policy import ClipOptions, clip_fraction_mask, clipped_surrogate, token_ratio, with_kl
+from divalign.objectives.policy import ClipOptions
 from divalign.objectives.registry import register
 
 
@@ -69,17 +68,6 @@ class ReinforcePPBaselineOptions(ReinforcePPOptions):
     advantage: ClassVar[str] = "reinforce_pp_baseline"
 
 
-@register("reinforce_pp", family="online", options=ReinforcePPOptions)
-def reinforce_pp_loss(batch: OnlineBatch, options: ReinforcePPOptions):
-    if batch.token_advantages is None:
-        raise ValueError("reinforce_pp needs per-token advantages (the reinforce_pp estimators)")
-    ratio = token_ratio(batch)
-    adv = batch.token_advantages
-    low, high = 1.0 - options.epsilon_low, 1.0 + options.epsilon_high
-    policy = clipped_surrogate(ratio, adv, low, high, options.dual_clip)
-    metrics = {"policy_loss": float(aggregate(policy.detach(), batch, options.aggregation)),
-               "clip_fraction": token_share(clip_fraction_mask(ratio, adv, low, high).float(), batch)}
-    return aggregate(with_kl(policy, batch, options, ratio), batch, options.aggregation), metrics
-
-
-register("reinforce_pp_baseline", family="online", options=ReinforcePPBaselineOptions)(reinforce_pp_loss)
+# the loss is GRPO's clipped surrogate, which reads the estimator's per-token advantages
+register("reinforce_pp", family="online", options=ReinforcePPOptions)(grpo_loss)
+register("reinforce_pp_baseline", family="online", options=ReinforcePPBaselineOptions)(grpo_loss)

@@ -20,7 +20,7 @@ import torch
 
 from divalign.objectives.aggregation import aggregate
 from divalign.objectives.batch import OnlineBatch
-from divalign.objectives.policy import PolicyOptions, token_ratio, with_kl
+from divalign.objectives.policy import PolicyOptions, token_advantages, token_ratio, with_kl
 from divalign.objectives.registry import register
 
 
@@ -47,7 +47,7 @@ def soft_gate(ratio, temperature):
 @register("sapo", family="online", options=SAPOOptions)
 def sapo_loss(batch: OnlineBatch, options: SAPOOptions):
     ratio = token_ratio(batch)
-    adv = batch.advantages.unsqueeze(-1)
+    adv = token_advantages(batch)
     temperature = torch.where(adv > 0, options.temperature_pos, options.temperature_neg).to(ratio.dtype)
     policy = -soft_gate(ratio, temperature) * adv
     metrics = {"policy_loss": float(aggregate(policy.detach(), batch, options.aggregation))}
