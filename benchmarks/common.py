@@ -72,7 +72,7 @@ def demo_sft_model(folder: Path, threads: int = 2) -> Path:
         return folder / "model"
     from divalign.charlm import build_char_tokenizer, tiny_llama
     from divalign.commands.demo import DemoConfig, sft_config
-    from divalign.data.sft import Demonstration
+    from divalign.data.sft import Demonstration, render_demonstrations
     from divalign.tasks.arithmetic import ArithmeticTask
     from divalign.trainers.loop import run_steps
     from divalign.trainers.sft import SFTTrainer
@@ -84,7 +84,7 @@ def demo_sft_model(folder: Path, threads: int = 2) -> Path:
     model = tiny_llama(tokenizer, hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4, num_kv_heads=2,
                        max_positions=32, seed=0)
     demos = [Demonstration(ex.prompt, ex.answer) for ex in task.demonstrations(demo.demonstrations, seed=0)]
-    trainer = SFTTrainer(model, tokenizer, demos, sft_config(demo, demo.sft_steps))
+    trainer = SFTTrainer(model, tokenizer, render_demonstrations(tokenizer, demos), sft_config(demo, demo.sft_steps))
     run_steps(trainer, folder, demo.sft_steps, show_progress=False)
     return folder / "model"
 

@@ -10,9 +10,11 @@ import json
 
 import pytest
 import torch
-from verl_capture import REFERENCE, inputs
+from verl_capture import REFERENCE, holed_mask, inputs
 
 from divalign import advantages, objectives
+from divalign.advantages.gae import gae, whiten
+from divalign.advantages.reinforce_pp import reward_to_go
 from divalign.advantages.registry import EstimatorInputs
 from divalign.objectives import kl, make_batch
 
@@ -81,3 +83,27 @@ def test_kl_estimators(name):
     record = STORED[f"kl/{name}"]
     torch.testing.assert_close(estimate.detach(), as_tensor(record["value"]), atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(logps.grad * MASK, as_tensor(record["grad"]), atol=1e-12, rtol=1e-12)
+
+
+def test_gae_and_reward_to_go_carry_through_holes_in_the_mask():
+    holes = holed_mask(MASK)
+    last = MASK.sum(-1).long() - 1
+    token_rewards = -0.1 * DATA["kl"]
+    token_rewards[torch.arange(4), last] += DATA["rewards"]
+    token_rewards = token_rewards * holes
+    values = torch.linspace(-0.5, 0.7, 24, dtype=torch.float64).reshape(4, 6)
+    raw, returns = gae(token_rewards, values, holes, gamma=0.95, lam=0.9, holes="carry")
+    record = STORED["gae-holes"]
+    # verl keeps the carried advantage at a hole in its returns; divalign writes 0 there (never trained on)
+    torch.testing.assert_close(returns * holes, as_tensor(record["returns"]) * holes, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(whiten(raw, holes, unbiased=True), as_tensor(record["advantages"]) * holes,
+                               atol=1e-8, rtol=1e-8)
+    restarted, _ = gae(token_rewards, values, holes, gamma=0.95, lam=0.9, holes="restart")
+    assert not torch.allclose(restarted, raw)  # the holes matter for these inputs
+    plain_carry, _ = gae(token_rewards, values, MASK, gamma=0.95, lam=0.9, holes="carry")
+    plain_restart, _ = gae(token_rewards, values, MASK, gamma=0.95, lam=0.9, holes="restart")
+    torch.testing.assert_close(plain_carry, plain_restart)  # without holes the two agree
+
+    record = STORED["reinforce_pp-holes"]
+    torch.testing.assert_close(reward_to_go(token_rewards, holes, 0.9), as_tensor(record["returns"]) * holes,
+                               atol=1e-12, rtol=1e-12)

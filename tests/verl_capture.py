@@ -55,6 +55,15 @@ def _stand_in_attribute(name: str):
     return type(name, (), {})
 
 
+def holed_mask(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` with observation tokens inside the first three responses (masked positions between real tokens)."""
+    holes = mask.clone()
+    holes[0, 2:4] = 0
+    holes[1, 1] = 0
+    holes[2, 1:3] = 0
+    return holes
+
+
 def load_core_algos(source: str, deps: str):
     sys.path[:0] = [source, deps]
     for name in STAND_INS:
@@ -110,6 +119,15 @@ def capture(core) -> list[dict]:
     advantages, _ = core.compute_reinforce_plus_plus_baseline_outcome_advantage(
         outcome, mask, np.array(data["group_ids"]), config=OmegaConf.create({}))
     records.append({"name": "reinforce_pp_baseline", "advantages": advantages.tolist()})
+
+    holes = holed_mask(mask)
+    values = torch.linspace(-0.5, 0.7, 24, dtype=mask.dtype).reshape(4, 6)
+    advantages, returns = core.compute_gae_advantage_return(token_rewards * holes, values, holes, gamma=0.95,
+                                                            lam=0.9)
+    records.append({"name": "gae-holes", "advantages": advantages.tolist(), "returns": returns.tolist()})
+    advantages, returns = core.compute_reinforce_plus_plus_outcome_advantage(
+        token_rewards * holes, holes, config=OmegaConf.create({"gamma": 0.9}))
+    records.append({"name": "reinforce_pp-holes", "advantages": advantages.tolist(), "returns": returns.tolist()})
 
     for name in ("k1", "k2", "k3", "abs", "k1+", "k3+"):
         logps = data["logps"].clone().requires_grad_()

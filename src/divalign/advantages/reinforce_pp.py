@@ -41,12 +41,15 @@ class ReturnsOptions:
 
 
 def reward_to_go(token_rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
-    """G_t = r_t + γ·G_{t+1} over real tokens (0 on padding), (B, T)."""
+    """G_t = r_t + γ·G_{t'} over real tokens, t' the next real token (0 on masked positions), (B, T): the running
+    return passes unchanged through masked positions between real tokens (a multi-turn episode's observation
+    tokens), as verl's ``compute_reinforce_plus_plus_outcome_advantage``."""
     returns = torch.zeros_like(token_rewards)
     running = torch.zeros_like(token_rewards[:, 0])
     for t in reversed(range(token_rewards.shape[1])):
-        running = (token_rewards[:, t] + gamma * running) * mask[:, t]
-        returns[:, t] = running
+        real = mask[:, t]
+        running = (token_rewards[:, t] + gamma * running) * real + running * (1 - real)
+        returns[:, t] = running * real
     return returns
 
 
