@@ -27,20 +27,30 @@ def check_mode(mode: str, where: str = "aggregation") -> None:
         raise ValueError(f"{where}: unknown aggregation '{mode}' (expected one of: {', '.join(MODES)})")
 
 
-def aggregate(per_token: Tensor, batch: OnlineBatch, mode: str) -> Tensor:
+#: How responses without a real token (all masked, e.g. truncated under DAPO's mask) count in the sequence means.
+EMPTY_RESPONSES = {
+    "count": "they count in N (TRL)",
+    "skip": "N counts only responses with a real token (verl)",
+}
+
+
+def aggregate(per_token: Tensor, batch: OnlineBatch, mode: str, empty_responses: str = "count") -> Tensor:
     """Reduce a (B, T) tensor of per-token terms to the batch loss share of this micro-batch."""
     check_mode(mode)
     token_sums = batch.sequence_sum(per_token)
+    responses = batch.num_sequences
+    if empty_responses == "skip" and batch.num_nonempty is not None:
+        responses = max(batch.num_nonempty, 1)
     if mode == "seq_mean_token_mean":
-        return (token_sums / batch.lengths.clamp(min=1)).sum() / batch.num_sequences
+        return (token_sums / batch.lengths.clamp(min=1)).sum() / responses
     if mode == "token_mean":
         return token_sums.sum() / max(batch.num_tokens, 1)
     if mode == "seq_mean_token_sum_norm":
-        return token_sums.sum() / (batch.num_sequences * batch.max_length)
+        return token_sums.sum() / (responses * batch.max_length)
     if mode == "token_sum":
         return token_sums.sum()
     if mode == "seq_mean_token_sum":
-        return token_sums.sum() / batch.num_sequences
+        return token_sums.sum() / responses
     group_tokens = group_sum(batch.lengths, batch.group_ids, batch.local_groups)[batch.group_ids]
     return (token_sums / group_tokens.clamp(min=1)).sum() / batch.num_groups
 

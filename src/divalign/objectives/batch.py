@@ -34,6 +34,7 @@ class OnlineBatch:
     num_groups: int
     num_tokens: int
     max_length: int  #: completion-token budget (the Dr. GRPO constant)
+    num_nonempty: int | None = None  #: responses with at least one real token (None: num_sequences)
     token_advantages: Tensor | None = None  #: (B, T) per-token advantages (PPO's GAE); else ``advantages``
     values: Tensor | None = None  #: (B, T) value-head predictions, with gradient (PPO)
     old_values: Tensor | None = None  #: (B, T) value predictions at sampling time (PPO)
@@ -74,6 +75,7 @@ def make_batch(**kwargs) -> OnlineBatch:
     kwargs.setdefault("num_groups", int(torch.unique(ids).numel()))
     kwargs.setdefault("num_tokens", int(mask.sum().item()))
     kwargs.setdefault("max_length", mask.shape[1])
+    kwargs.setdefault("num_nonempty", int((mask.sum(-1) > 0).sum().item()))
     kwargs.setdefault("ref_logprobs", None)
     return OnlineBatch(**kwargs)
 

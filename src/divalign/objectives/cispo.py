@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from divalign.objectives.aggregation import aggregate, token_share
+from divalign.objectives.aggregation import token_share
 from divalign.objectives.batch import OnlineBatch
-from divalign.objectives.policy import PolicyOptions, token_advantages, token_ratio, with_kl
+from divalign.objectives.policy import PolicyOptions, reduce, token_advantages, token_ratio, with_kl
 from divalign.objectives.registry import register
 
 
@@ -51,6 +51,6 @@ def cispo_loss(batch: OnlineBatch, options: CISPOOptions):
     policy = -weight * token_advantages(batch) * batch.logprobs
     with torch.no_grad():
         capped = (ratio > options.max_weight) | (ratio < options.min_weight)
-    metrics = {"policy_loss": float(aggregate(policy.detach(), batch, options.aggregation)),
+    metrics = {"policy_loss": float(reduce(policy.detach(), batch, options)),
                "clip_fraction": token_share(capped.float(), batch)}
-    return aggregate(with_kl(policy, batch, options, ratio), batch, options.aggregation), metrics
+    return reduce(with_kl(policy, batch, options, ratio), batch, options), metrics

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from divalign.objectives.aggregation import aggregate, token_share
+from divalign.objectives.aggregation import token_share
 from divalign.objectives.batch import OnlineBatch
-from divalign.objectives.policy import PolicyOptions, token_advantages, token_ratio, with_kl
+from divalign.objectives.policy import PolicyOptions, reduce, token_advantages, token_ratio, with_kl
 from divalign.objectives.registry import register
 
 DIVERGENCES = ("tv", "kl")
@@ -87,6 +87,6 @@ def dppo_loss(batch: OnlineBatch, options: DPPOOptions):
                                  options.delta_high)
     weight = ratio.clamp(max=options.max_weight).detach()
     policy = -mask * weight * adv * batch.logprobs
-    metrics = {"policy_loss": float(aggregate(policy.detach(), batch, options.aggregation)),
+    metrics = {"policy_loss": float(reduce(policy.detach(), batch, options)),
                "clip_fraction": token_share(1.0 - mask, batch)}
-    return aggregate(with_kl(policy, batch, options, ratio), batch, options.aggregation), metrics
+    return reduce(with_kl(policy, batch, options, ratio), batch, options), metrics

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from divalign.objectives import kl
-from divalign.objectives.aggregation import aggregate, token_share
+from divalign.objectives.aggregation import token_share
 from divalign.objectives.batch import OnlineBatch
-from divalign.objectives.policy import PolicyOptions, with_kl
+from divalign.objectives.policy import PolicyOptions, reduce, with_kl
 from divalign.objectives.registry import register
 
 
@@ -55,6 +55,6 @@ def gmpo_loss(batch: OnlineBatch, options: GMPOOptions):
     clipped = clipped_log_ratio(log_ratio, adv, options.epsilon_low, options.epsilon_high)
     geometric = torch.exp(batch.sequence_sum(clipped) / batch.lengths.clamp(min=1))
     policy = (-geometric * batch.advantages).unsqueeze(-1).expand_as(log_ratio)
-    metrics = {"policy_loss": float(aggregate(policy.detach(), batch, options.aggregation)),
+    metrics = {"policy_loss": float(reduce(policy.detach(), batch, options)),
                "clip_fraction": token_share((clipped != log_ratio).float(), batch)}
-    return aggregate(with_kl(policy, batch, options), batch, options.aggregation), metrics
+    return reduce(with_kl(policy, batch, options), batch, options), metrics

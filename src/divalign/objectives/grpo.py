@@ -30,13 +30,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from divalign.objectives.aggregation import aggregate, token_share
+from divalign.objectives.aggregation import token_share
 from divalign.objectives.batch import OnlineBatch
 from divalign.objectives.interface import RolloutPlan
 from divalign.objectives.policy import (
     ClipOptions,
     clip_fraction_mask,
     clipped_surrogate,
+    reduce,
     token_advantages,
     token_ratio,
     with_kl,
@@ -61,10 +62,10 @@ def grpo_loss(batch: OnlineBatch, options: GRPOOptions):
     low, high = 1.0 - options.epsilon_low, 1.0 + options.epsilon_high
     policy = clipped_surrogate(ratio, adv, low, high, options.dual_clip)
     metrics = {
-        "policy_loss": float(aggregate(policy.detach(), batch, options.aggregation).item()),
+        "policy_loss": float(reduce(policy.detach(), batch, options).item()),
         "clip_fraction": token_share(clip_fraction_mask(ratio, adv, low, high).float(), batch),
     }
-    return aggregate(with_kl(policy, batch, options, ratio), batch, options.aggregation), metrics
+    return reduce(with_kl(policy, batch, options, ratio), batch, options), metrics
 
 
 @dataclass

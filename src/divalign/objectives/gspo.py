@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from divalign.objectives import kl
-from divalign.objectives.aggregation import aggregate, token_share
+from divalign.objectives.aggregation import token_share
 from divalign.objectives.batch import OnlineBatch
-from divalign.objectives.policy import ClipOptions, clip_fraction_mask, clipped_surrogate, with_kl
+from divalign.objectives.policy import ClipOptions, clip_fraction_mask, clipped_surrogate, reduce, with_kl
 from divalign.objectives.registry import register
 
 LEVELS = ("sequence", "token")
@@ -75,6 +75,6 @@ def gspo_loss(batch: OnlineBatch, options: GSPOOptions):
     adv = batch.advantages.unsqueeze(-1)
     low, high = 1.0 - options.epsilon_low, 1.0 + options.epsilon_high
     policy = clipped_surrogate(ratio, adv, low, high, options.dual_clip)
-    metrics = {"policy_loss": float(aggregate(policy.detach(), batch, options.aggregation)),
+    metrics = {"policy_loss": float(reduce(policy.detach(), batch, options)),
                "clip_fraction": token_share(clip_fraction_mask(ratio, adv, low, high).float(), batch)}
-    return aggregate(with_kl(policy, batch, options, ratio), batch, options.aggregation), metrics
+    return reduce(with_kl(policy, batch, options, ratio), batch, options), metrics

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from divalign.objectives import kl
-from divalign.objectives.aggregation import check_mode
+from divalign.objectives.aggregation import EMPTY_RESPONSES, aggregate, check_mode
 from divalign.objectives.batch import OnlineBatch
 from divalign.objectives.interface import OnlineOptions
 
@@ -30,9 +30,15 @@ class PolicyOptions(OnlineOptions):
     """Per-token KL estimate of the penalty: k1, k2, k3, abs, k1+ or k3+ (value of k1/k3, gradient of k2)."""
     kl_bias_correction: bool = False
     """Multiply the KL estimate by the importance ratio π_θ/π_old (TRL's use_bias_correction_kl)."""
+    empty_responses: str = "count"
+    """How responses without a real token (e.g. masked as truncated) count in the sequence means: count (TRL) or
+    skip (verl)."""
 
     def __post_init__(self):
         check_mode(self.aggregation, "aggregation")
+        if self.empty_responses not in EMPTY_RESPONSES:
+            raise ValueError(f"empty_responses: expected one of {', '.join(EMPTY_RESPONSES)} "
+                             f"(got '{self.empty_responses}')")
         kl.check_estimator(self.kl_estimator, "kl_estimator")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0 (got {self.beta})")
@@ -97,6 +103,11 @@ def kl_term(batch: OnlineBatch, options: PolicyOptions, ratio: Tensor | None = N
     if options.kl_bias_correction:
         estimate = kl.bias_corrected(estimate, ratio if ratio is not None else token_ratio(batch))
     return options.beta * estimate
+
+
+def reduce(per_token: Tensor, batch: OnlineBatch, options: PolicyOptions) -> Tensor:
+    """``per_token`` reduced by the options' aggregation (docs/algorithms.md#aggregation)."""
+    return aggregate(per_token, batch, options.aggregation, options.empty_responses)
 
 
 def with_kl(policy: Tensor, batch: OnlineBatch, options: PolicyOptions, ratio: Tensor | None = None) -> Tensor:

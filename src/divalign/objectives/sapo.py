@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from divalign.objectives.aggregation import aggregate
 from divalign.objectives.batch import OnlineBatch
-from divalign.objectives.policy import PolicyOptions, token_advantages, token_ratio, with_kl
+from divalign.objectives.policy import PolicyOptions, reduce, token_advantages, token_ratio, with_kl
 from divalign.objectives.registry import register
 
 
@@ -50,5 +49,5 @@ def sapo_loss(batch: OnlineBatch, options: SAPOOptions):
     adv = token_advantages(batch)
     temperature = torch.where(adv > 0, options.temperature_pos, options.temperature_neg).to(ratio.dtype)
     policy = -soft_gate(ratio, temperature) * adv
-    metrics = {"policy_loss": float(aggregate(policy.detach(), batch, options.aggregation))}
-    return aggregate(with_kl(policy, batch, options, ratio), batch, options.aggregation), metrics
+    metrics = {"policy_loss": float(reduce(policy.detach(), batch, options))}
+    return reduce(with_kl(policy, batch, options, ratio), batch, options), metrics

@@ -253,13 +253,14 @@ class OnlineTrainer:
                             ref_logprobs=scored.ref_logprobs, mask=mask, advantages=advantage.sequence,
                             rewards=batch.rewards, group_ids=batch.group_ids, num_sequences=len(batch.prompts),
                             num_groups=batch.num_groups, num_tokens=int(mask.sum()), max_length=cfg.max_new_tokens,
-                            token_advantages=advantage.token, old_values=scored.values, returns=advantage.returns)
+                            num_nonempty=int((mask.sum(-1) > 0).sum()), token_advantages=advantage.token, old_values=scored.values, returns=advantage.returns)
         sums = MetricSums()
         rng = random.Random(f"minibatches-{cfg.seed}-{step}")
         world = self.engine.world
         for chosen in minibatch_groups(len(groups), cfg.ppo_epochs, cfg.minibatches, rng):
             rows = [r for k in chosen for r in groups[k]]
-            counts = {"num_sequences": len(rows), "num_groups": len(chosen), "num_tokens": int(mask[rows].sum())}
+            counts = {"num_sequences": len(rows), "num_groups": len(chosen), "num_tokens": int(mask[rows].sum()),
+                      "num_nonempty": int((mask[rows].sum(-1) > 0).sum())}
             mine = [groups[chosen[i]] for i in world.share(len(chosen))]  # this process's groups of the minibatch
             passes = [self._pass(whole, micro, counts, scored.sequences, batch.group_size)
                       for micro in self._micro_batches(mine)]
