@@ -256,10 +256,10 @@ def test_micro_batches_add_up_to_the_whole_batch(name):
 
 @pytest.mark.parametrize("mode", ["seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"])
 def test_responses_without_a_token_count_in_the_sequence_mean_or_are_skipped(mode):
-    # three responses, the last fully masked (truncated under DAPO's mask): per-token terms −1 and +1
+    # three responses, the last fully masked (truncated under DAPO's mask); per-token terms −1 and +0.5
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
     batch = make_batch(logprobs=torch.zeros(3, 2, dtype=torch.float64), old_logprobs=torch.zeros(3, 2, dtype=torch.float64),
-                       mask=mask, advantages=torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64),
+                       mask=mask, advantages=torch.tensor([1.0, -0.5, 1.0], dtype=torch.float64),
                        rewards=torch.zeros(3), group_ids=torch.tensor([0, 0, 0]))
     counted = float(run("grpo", batch, beta=0.0, aggregation=mode)[0])
     skipped = float(run("grpo", batch, beta=0.0, aggregation=mode, empty_responses="skip")[0])
