@@ -14,7 +14,10 @@ Choices:
   stay finite for any input; inside those bounds the formula is exact.
 * With one update per batch the behaviour log-probabilities from sampling serve as π_old, so ρ = 1 in value
   and only its gradient matters (no extra forward pass).
-* The KL term is added per token inside the aggregation, as in the paper and TRL.
+* The KL term is added per token inside the aggregation, as in the paper and TRL. ``kl_estimator`` picks
+  another estimate than k3 and ``kl_bias_correction`` multiplies it by ρ (TRL 1.16's default; off here, as in
+  the paper); ``dual_clip`` caps the loss of negative advantages (:mod:`divalign.objectives.policy`).
+* With per-token advantages from the estimator (REINFORCE++) ρ·A is taken per token.
 
 Presets (registered names sharing :func:`grpo_loss`):
 
@@ -73,7 +76,7 @@ class DrGRPOOptions(GRPOOptions):
     """Options of the ``dr_grpo`` preset (GRPO options with Dr. GRPO's defaults)."""
 
     beta: float = 0.0
-    """Weight of the k3 KL penalty (Dr. GRPO uses none)."""
+    """Weight of the KL penalty (Dr. GRPO uses none)."""
     aggregation: str = "seq_mean_token_sum_norm"
     """Token sums over a constant: responses x completion budget."""
 
@@ -87,7 +90,7 @@ class DAPOOptions(GRPOOptions):
     epsilon_high: float = 0.28
     """Clip-higher: rho is clipped above at 1 + 0.28."""
     beta: float = 0.0
-    """Weight of the k3 KL penalty (DAPO uses none)."""
+    """Weight of the KL penalty (DAPO uses none)."""
     aggregation: str = "token_mean"
     """Token-level mean over the batch."""
     dynamic_sampling: bool = True
