@@ -10,7 +10,7 @@ import torch
 from divalign import advantages, objectives
 from divalign.advantages.registry import EstimatorInputs
 from divalign.objectives import kl, make_batch
-from divalign.objectives.grpo import clipped_surrogate
+from divalign.objectives.policy import clipped_surrogate, truncated_is_weights
 
 NEW = ["gspo", "cispo", "sapo", "gmpo", "dppo", "reinforce_pp", "reinforce_pp_baseline"]
 LOG2 = math.log(2.0)
@@ -266,3 +266,36 @@ def test_responses_without_a_token_count_in_the_sequence_mean_or_are_skipped(mod
     assert batch.num_nonempty == 2
     assert skipped == pytest.approx(counted * 3 / 2)  # TRL divides by 3 responses, verl by the 2 with a token
     assert counted != 0
+
+
+# --------------------------------------------------------------------------- truncated importance sampling
+
+
+def test_truncated_importance_weights_and_their_masked_variant():
+    train = torch.log(torch.tensor([[0.5, 0.5, 0.5, 0.5]], dtype=torch.float64))
+    sampler = torch.log(torch.tensor([[0.5, 0.1, 0.45, 0.9]], dtype=torch.float64))  # ratios 1, 5, 1.11, 0.556
+    weights = truncated_is_weights(train, sampler, cap=2.0)
+    assert weights.tolist()[0] == pytest.approx([1.0, 2.0, 0.5 / 0.45, 0.5 / 0.9])
+    assert truncated_is_weights(train, sampler, cap=2.0, mode="mask").tolist() == [[1.0, 0.0, 1.0, 1.0]]
+    assert truncated_is_weights(train, sampler, cap=1.5, mode="mask").tolist() == [[1.0, 0.0, 1.0, 0.0]]
+
+
+@pytest.mark.parametrize("name", ["grpo", "gspo", "cispo", "sapo", "gmpo", "dppo"])
+def test_importance_weights_multiply_the_policy_term_only(name):
+    weights = torch.tensor([[2.0, 0.5]], dtype=torch.float64)
+    plain, lp = one_response([0.05, -0.02], 1.0, ref_logprobs=torch.tensor([[-1.3, -0.8]], dtype=torch.float64))
+    _, plain_grad, _ = loss_and_grad(name, plain, lp, beta=0.0)
+    weighted, lp = one_response([0.05, -0.02], 1.0, ref_logprobs=torch.tensor([[-1.3, -0.8]], dtype=torch.float64),
+                                is_weights=weights)
+    _, weighted_grad, _ = loss_and_grad(name, weighted, lp, beta=0.0)
+    if name == "gmpo":  # one sequence term: its gradient flows to every token through the geometric mean
+        assert weighted_grad != plain_grad
+    else:
+        assert weighted_grad == pytest.approx([2.0 * plain_grad[0], 0.5 * plain_grad[1]])
+    # the KL term is not weighted
+    kl_only, lp = one_response([0.0, 0.0], 0.0, ref_logprobs=torch.tensor([[-1.3, -0.8]], dtype=torch.float64),
+                               is_weights=weights)
+    _, with_weights, _ = loss_and_grad(name, kl_only, lp, beta=1.0)
+    kl_only, lp = one_response([0.0, 0.0], 0.0, ref_logprobs=torch.tensor([[-1.3, -0.8]], dtype=torch.float64))
+    _, without, _ = loss_and_grad(name, kl_only, lp, beta=1.0)
+    assert with_weights == pytest.approx(without)

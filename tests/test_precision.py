@@ -148,3 +148,33 @@ def test_eval_in_bf16_agrees_with_fp32(tmp_path, tiny_model_dir):
     assert results["bf16"]["tokens"] == results["fp32"]["tokens"]
     assert results["bf16"]["nll_per_token"] != results["fp32"]["nll_per_token"]  # bf16 really ran
     assert results["bf16"]["nll_per_token"] == pytest.approx(results["fp32"]["nll_per_token"], rel=0.01)
+
+
+DIGITS = "def score(completion, answer):\n    return sum(ch.isdigit() for ch in completion) / 6\n"
+
+
+def test_sampling_in_bf16_logs_the_mismatch_and_tis_weighs_it(tmp_path, tiny_model_dir, monkeypatch):
+    (tmp_path / "digits.py").write_text(DIGITS)
+    monkeypatch.chdir(tmp_path)
+    common = ["rl", "--model", tiny_model_dir, "--task", "arithmetic", "--reward", "digits:score", "--reward-workers",
+              "1", "--objective", "grpo", "--steps", "2", "--prompts-per-step", "4", "--num-generations", "4",
+              "--max-new-tokens", "6", "--no-progress"]
+    rows = {}
+    for name, extra in {"plain": [], "bf16": ["--sampling-dtype", "bf16"],
+                        "tis": ["--sampling-dtype", "bf16", "--tis-cap", "1.0001", "--tis-mode", "mask"]}.items():
+        assert main([*common, *extra, "--output-dir", str(tmp_path / name)]) == 0
+        rows[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert "mismatch_kl" not in rows["plain"][0]
+    assert all(0 < r["mismatch_kl"] < 1e-3 for r in rows["bf16"])  # bf16 sampling is close to, not equal to fp32
+    assert all(0 < r["tis_cut_fraction"] < 1 for r in rows["tis"])  # a cap this tight masks some tokens
+    assert rows["tis"][0]["loss"] != rows["bf16"][0]["loss"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--tis-cap", "0.5"], "tis_cap must be 0 (off) or > 1"),
+    (["--tis-cap", "2", "--objective", "fgrpo"], "objective 'fgrpo' does not apply importance weights"),
+    (["--sampling-dtype", "fp8"], "sampling_dtype: expected one of auto, fp32, bf16, fp16"),
+])
+def test_tis_options_are_checked(tmp_path, tiny_model_dir, capsys, extra, message):
+    code = main(["rl", "--model", tiny_model_dir, "--task", "arithmetic", *extra, "--output-dir", str(tmp_path / "r")])
+    assert code == 2 and message in capsys.readouterr().err

@@ -39,6 +39,7 @@ class OnlineBatch:
     values: Tensor | None = None  #: (B, T) value-head predictions, with gradient (PPO)
     old_values: Tensor | None = None  #: (B, T) value predictions at sampling time (PPO)
     returns: Tensor | None = None  #: (B, T) GAE returns, the value targets (PPO)
+    is_weights: Tensor | None = None  #: (B, T) truncated importance weights π_train/π_sampler (TIS), no gradient
 
     def __post_init__(self):
         self.group_ids, self.local_groups = dense_group_ids(self.group_ids)
@@ -64,7 +65,7 @@ class OnlineBatch:
             ref_logprobs=pick(self.ref_logprobs) if ref_logprobs is None else ref_logprobs,
             mask=self.mask[rows], advantages=self.advantages[rows], rewards=self.rewards[rows],
             group_ids=self.group_ids[rows], token_advantages=pick(self.token_advantages), values=values,
-            old_values=pick(self.old_values), returns=pick(self.returns), **counts)
+            old_values=pick(self.old_values), returns=pick(self.returns), is_weights=pick(self.is_weights), **counts)
 
 
 def make_batch(**kwargs) -> OnlineBatch:

@@ -110,7 +110,25 @@ def reduce(per_token: Tensor, batch: OnlineBatch, options: PolicyOptions) -> Ten
     return aggregate(per_token, batch, options.aggregation, options.empty_responses)
 
 
+TIS_MODES = ("truncate", "mask")
+
+
+def truncated_is_weights(train_logprobs: Tensor, sampler_logprobs: Tensor, cap: float, mode: str = "truncate"
+                         ) -> Tensor:
+    """Per-token importance weights for the mismatch between the sampler's and the trainer's probabilities of the
+    sampled tokens (docs/algorithms.md#truncated-importance-sampling), without gradient: w = min(π_train/π_sampler,
+    C) (``truncate``), or 1 where C⁻¹ ≤ π_train/π_sampler ≤ C and 0 elsewhere (``mask``)."""
+    with torch.no_grad():
+        ratio = torch.exp((train_logprobs - sampler_logprobs).clamp(-kl.LOG_RATIO_LIMIT, kl.LOG_RATIO_LIMIT))
+        if mode == "truncate":
+            return ratio.clamp(max=cap)
+        return ((ratio <= cap) & (ratio >= 1.0 / cap)).to(ratio.dtype)
+
+
 def with_kl(policy: Tensor, batch: OnlineBatch, options: PolicyOptions, ratio: Tensor | None = None) -> Tensor:
-    """The per-token loss: the policy term plus the KL term when there is one."""
+    """The per-token loss: the policy term (weighted by the batch's truncated importance weights when it has them)
+    plus the KL term when there is one."""
+    if batch.is_weights is not None:
+        policy = policy * batch.is_weights
     penalty = kl_term(batch, options, ratio)
     return policy if penalty is None else policy + penalty

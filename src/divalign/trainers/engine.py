@@ -99,16 +99,17 @@ class Engine:
         return autocast(self.device, self.dtype)
 
     @contextlib.contextmanager
-    def generating(self):
-        """The context of sampling: the run's precision and, under FSDP2, every module's whole parameters gathered
-        for the duration (processes decode different numbers of tokens, so no forward may need the others)."""
+    def generating(self, dtype: torch.dtype | None = None):
+        """The context of sampling: the run's precision (or ``dtype``) and, under FSDP2, every module's whole
+        parameters gathered for the duration (processes decode different numbers of tokens, so no forward may need
+        the others)."""
         modules = [m for top in self.trained for m in top.modules() if hasattr(m, "unshard")]
         modules = modules if self.sharding == "fsdp" else []
         for module in modules:
             module.unshard()
             module.set_reshard_after_forward(False, recurse=False)
         try:
-            with self.autocast(), torch.no_grad():
+            with autocast(self.device, dtype or self.dtype), torch.no_grad():
                 yield
         finally:
             for module in modules:

@@ -34,7 +34,8 @@ from divalign.models import completion_forward, configure, set_training
 from divalign.objectives import OnlineBatch
 from divalign.objectives.kl import ESTIMATORS as KL_ESTIMATORS
 from divalign.objectives.kl import k3
-from divalign.parallel import World
+from divalign.objectives.policy import TIS_MODES, PolicyOptions, truncated_is_weights
+from divalign.parallel import DTYPES, World, resolve_dtype
 from divalign.rewards import RewardOptions
 from divalign.tasks.arithmetic import ArithmeticConfig
 from divalign.trainers import scoring
@@ -101,6 +102,16 @@ class RLConfig(ObjectiveChoice, ModelOptions, AdapterOptions, RewardOptions, Com
     """Prompts per forward/backward micro-batch (0: a whole minibatch at once)."""
     log_reference_kl: bool = True
     """Keep a frozen reference to log KL even when the objective does not need it."""
+    sampling_dtype: str = "auto"
+    """Precision of sampling: auto (the run's --dtype), fp32, bf16 or fp16. When it differs from the training
+    precision, the trainer scores the samples itself before the update (one forward without gradient) and logs the
+    mismatch between the two (mismatch_kl)."""
+    tis_cap: float = 0.0
+    """Truncated importance sampling against the sampler/trainer mismatch: each token's policy-gradient term is
+    weighted by min(π_train/π_sampler, C) with C this cap (0: off; > 1 when on, 2 is common). Scores the samples
+    with the trainer's forward as sampling_dtype does."""
+    tis_mode: str = "truncate"
+    """truncate (weight min(ratio, C)) or mask (weight 1 inside [1/C, C], 0 outside: the masked variant)."""
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
 
     families = ("online",)
@@ -115,6 +126,15 @@ class RLConfig(ObjectiveChoice, ModelOptions, AdapterOptions, RewardOptions, Com
         if not estimator.usable_with(options):
             raise ValueError(f"advantage: estimator '{self.estimator}' needs options that objective "
                              f"'{self.objective}' does not have")
+        if self.sampling_dtype not in ("auto", *DTYPES):
+            raise ValueError(f"sampling_dtype: expected one of auto, {', '.join(DTYPES)} (got '{self.sampling_dtype}')")
+        if self.tis_mode not in TIS_MODES:
+            raise ValueError(f"tis_mode: expected one of {', '.join(TIS_MODES)} (got '{self.tis_mode}')")
+        if self.tis_cap and not self.tis_cap > 1:
+            raise ValueError(f"tis_cap must be 0 (off) or > 1 (got {self.tis_cap})")
+        if self.tis_cap and not isinstance(options, PolicyOptions):
+            raise ValueError(f"tis_cap: objective '{self.objective}' does not apply importance weights (the "
+                             "policy-gradient objectives of divalign.objectives.policy do)")
         if self.num_generations < estimator.min_group_size:
             raise ValueError(f"num_generations: the advantage estimator '{self.estimator}' compares the completions of "
                              f"a prompt, so it needs num-generations >= {estimator.min_group_size} (got "
@@ -139,6 +159,7 @@ class Scored:
     old_logprobs: Tensor  #: (B, T) π_old: sampling's own, the current policy's for anchors
     ref_logprobs: Tensor | None  #: (B, T) the reference's, unless it runs in the update pass
     values: Tensor | None  #: (B, T) the value head's predictions at sampling time
+    sampler_logprobs: Tensor  #: (B, T) the sampler's own log-probabilities of the sampled tokens
 
 
 class OnlineTrainer:
@@ -161,8 +182,12 @@ class OnlineTrainer:
         self.optimization = Optimization(trained, config, config.steps * config.ppo_epochs * config.minibatches,
                                          self.engine)
         scorer = rewards.get(self.options.score, config) if self.estimator.needs_scores else None
+        sampling_dtype = (self.engine.dtype if config.sampling_dtype == "auto"
+                          else resolve_dtype(config.sampling_dtype, self.engine.device))
+        #: the samples are scored again by the trainer before the update: the sampler's probabilities are not its own
+        self.rescore = config.tis_cap > 0 or sampling_dtype != self.engine.dtype
         sampling = Sampling(config.prompts_per_step, config.num_generations, config.max_new_tokens,
-                            config.temperature, config.seed)
+                            config.temperature, config.seed, sampling_dtype)
         self.collector = RolloutCollector(prompt_source, self.sampler, tokenizer, reward_fn, sampling,
                                           self.options.rollout_plan(), scorer, self.engine)
         self.preference = None
@@ -201,7 +226,7 @@ class OnlineTrainer:
         sums = self._update(step, batch, scored, advantage, clock)
         with clock("optimizer_s"):
             self.sampler.refresh()
-        return self._row(step, batch, sums, clock)
+        return {**self._row(step, batch, sums, clock), **self._mismatch(batch, scored)}
 
     # ------------------------------------------------------------------ its parts
     def _score(self, batch: Collected) -> Scored:
@@ -213,15 +238,16 @@ class OnlineTrainer:
         temperature = self.config.temperature
         old, values = batch.rollout.logprobs.clone(), None
         with self.engine.autocast():
-            if batch.anchors.any() or self.value_head is not None:
+            if batch.anchors.any() or self.value_head is not None or self.rescore:
                 now, values = self._gathered_rows(scoring.token_logprobs(
                     self.policy, sequences, mine, batch.group_size, temperature, self.value_head), mine)
-                old = torch.where(batch.anchors.unsqueeze(-1), now, old)  # anchors: ρ = 1 at the first update
+                # anchors: ρ = 1 at the first update; rescored: π_old is the trainer's, not the sampler's
+                old = now if self.rescore else torch.where(batch.anchors.unsqueeze(-1), now, old)
             ref = None
             if self.reference is not None and not self._reference_in_update():
                 ref = self._gathered_rows(scoring.token_logprobs(self.reference, sequences, mine, batch.group_size,
                                                                  temperature), mine)[0]
-        return Scored(sequences, old, ref, values)
+        return Scored(sequences, old, ref, values, batch.rollout.logprobs)
 
     def _gathered_rows(self, scored: tuple[Tensor, Tensor | None], micro: list[list[int]]):
         """Rows scored by each process (``micro``: this one's), joined: every process gets the whole batch's."""
@@ -253,7 +279,9 @@ class OnlineTrainer:
                             ref_logprobs=scored.ref_logprobs, mask=mask, advantages=advantage.sequence,
                             rewards=batch.rewards, group_ids=batch.group_ids, num_sequences=len(batch.prompts),
                             num_groups=batch.num_groups, num_tokens=int(mask.sum()), max_length=cfg.max_new_tokens,
-                            num_nonempty=int((mask.sum(-1) > 0).sum()), token_advantages=advantage.token, old_values=scored.values, returns=advantage.returns)
+                            num_nonempty=int((mask.sum(-1) > 0).sum()), token_advantages=advantage.token,
+                            old_values=scored.values, returns=advantage.returns,
+                            is_weights=self._is_weights(scored) if cfg.tis_cap else None)
         sums = MetricSums()
         rng = random.Random(f"minibatches-{cfg.seed}-{step}")
         world = self.engine.world
@@ -316,6 +344,24 @@ class OnlineTrainer:
             **clock.seconds,
             "step_s": clock.elapsed(),
         }
+
+    def _is_weights(self, scored: Scored) -> Tensor:
+        return truncated_is_weights(scored.old_logprobs, scored.sampler_logprobs, self.config.tis_cap,
+                                    self.config.tis_mode)
+
+    def _mismatch(self, batch: Collected, scored: Scored) -> dict:
+        """How far the sampler's probabilities of the sampled tokens are from the trainer's: k3 of the sampler
+        against the trainer, mean per real token, and with TIS the share of tokens whose weight was cut."""
+        if not self.rescore:
+            return {}
+        mask = batch.rollout.completion_mask
+        tokens = mask.sum().clamp(min=1)
+        out = {"mismatch_kl": float((k3(scored.sampler_logprobs, scored.old_logprobs) * mask).sum() / tokens)}
+        if self.config.tis_cap:
+            weights = self._is_weights(scored)
+            cut = weights < 1.0 if self.config.tis_mode == "mask" else weights >= self.config.tis_cap
+            out["tis_cut_fraction"] = float((cut.float() * mask).sum() / tokens)
+        return out
 
     def _micro_batches(self, groups: list[list[int]]) -> list[list[int]]:
         """Rows of each micro-batch: ``micro_batch_prompts`` whole groups at a time (all of them with 0)."""

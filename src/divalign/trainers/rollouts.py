@@ -70,6 +70,7 @@ class Sampling:
     max_new_tokens: int
     temperature: float
     seed: int
+    dtype: torch.dtype | None = None  #: the precision of sampling (None: the run's)
 
 
 def prompt_seed(seed: int, step: int, round: int, index: int) -> int:
@@ -158,7 +159,9 @@ class RolloutCollector:
         return batch
 
     def _generating(self):
-        return self.engine.generating() if self.engine is not None else contextlib.nullcontext()
+        if self.engine is None:
+            return contextlib.nullcontext()
+        return self.engine.generating(self.sampling.dtype)
 
     def _gathered(self, rollout: Rollout, reward, task, failures: int):
         """The processes' shares of a round joined in rank (that is, prompt) order."""
