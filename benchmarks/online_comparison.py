@@ -10,6 +10,7 @@ step. Results are appended to a JSONL file (an interrupted sweep
 resumes; several processes may share it with ``--only``) and printed as a table.
 
     python benchmarks/online_comparison.py --steps 400 --seeds 0 1 2 --fgrpo-divergence reverse_kl
+    python benchmarks/online_comparison.py --only grpo --sampling-dtype bf16 --tis-cap 2   # sampling in bf16, TIS
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def main() -> None:
     parser.add_argument("--work", default="benchmarks/out/online_comparison")
     parser.add_argument("--out", default="benchmarks/results/online_comparison.jsonl")
     parser.add_argument("--only", nargs="*", default=None, help="run only these objectives (the table shows all)")
+    parser.add_argument("--sampling-dtype", default="auto", help="sample in this precision (training stays fp32)")
+    parser.add_argument("--tis-cap", type=float, default=0.0, help="truncated importance sampling cap (0: off)")
     parser.add_argument("--reuse", default="",
                         help="results of fgrpo_quality.py: its GRPO and f-GRPO runs have the same settings and are "
                              "taken from there when present (only from the same code)")
@@ -92,6 +95,10 @@ def main() -> None:
     reference, _ = load_causal_lm(start)
     held_out = ArithmeticTask().eval_set(100)
     listed = methods(args.fgrpo_divergence)
+    overrides = {"sampling_dtype": args.sampling_dtype, "tis_cap": args.tis_cap}
+    if args.sampling_dtype != "auto" or args.tis_cap:
+        suffix = f" [{args.sampling_dtype} sampling" + (f", TIS {args.tis_cap:g}]" if args.tis_cap else "]")
+        listed = [(name + suffix, objective, options) for name, objective, options in listed]
     for seed in args.seeds:
         for name, objective, options in listed:
             if args.only is not None and objective not in args.only:
@@ -106,12 +113,14 @@ def main() -> None:
                     handle.write(json.dumps(result) + "\n")
                 done.append(result)
                 continue
-            policy, tokenizer, _, seconds = rl_run(start, objective, options, seed, args.steps,
-                                                      work / f"{objective}-seed{seed}")
+            policy, tokenizer, rows, seconds = rl_run(start, objective, options, seed, args.steps,
+                                                      work / f"{objective}-seed{seed}", **overrides)
             kl = kl_to_reference(policy, reference, tokenizer, [ex.prompt for ex in held_out], samples_per_prompt=4,
                                  max_new_tokens=MAX_NEW_TOKENS, seed=seed)
             result = {"method": name, "objective": objective, "seed": seed, "steps": args.steps,
                       "train_seconds": seconds, "kl_end": kl["kl"], "kl_stderr": kl["kl_stderr"],
+                      **({"mismatch_kl": statistics.mean(r["mismatch_kl"] for r in rows if "mismatch_kl" in r)}
+                         if "mismatch_kl" in rows[-1] else {}),
                       **arithmetic_scores(policy, tokenizer, seed)}
             print(json.dumps(result), flush=True)
             with open(out, "a") as handle:

@@ -156,10 +156,11 @@ class Scored:
     """What the update reads besides the sampled batch, computed before it."""
 
     sequences: SequenceBatch
-    old_logprobs: Tensor  #: (B, T) π_old: sampling's own, the current policy's for anchors
+    old_logprobs: Tensor  #: (B, T) π_old: sampling's own; the trainer's for anchors, and for all rows when rescored
     ref_logprobs: Tensor | None  #: (B, T) the reference's, unless it runs in the update pass
     values: Tensor | None  #: (B, T) the value head's predictions at sampling time
     sampler_logprobs: Tensor  #: (B, T) the sampler's own log-probabilities of the sampled tokens
+    is_weights: Tensor | None  #: (B, T) truncated importance weights of π_old against the sampler (TIS), or None
 
 
 class OnlineTrainer:
@@ -247,7 +248,11 @@ class OnlineTrainer:
             if self.reference is not None and not self._reference_in_update():
                 ref = self._gathered_rows(scoring.token_logprobs(self.reference, sequences, mine, batch.group_size,
                                                                  temperature), mine)[0]
-        return Scored(sequences, old, ref, values, batch.rollout.logprobs)
+        sampler = batch.rollout.logprobs
+        weights = None
+        if self.config.tis_cap:
+            weights = truncated_is_weights(old, sampler, self.config.tis_cap, self.config.tis_mode)
+        return Scored(sequences, old, ref, values, sampler, weights)
 
     def _gathered_rows(self, scored: tuple[Tensor, Tensor | None], micro: list[list[int]]):
         """Rows scored by each process (``micro``: this one's), joined: every process gets the whole batch's."""
@@ -281,7 +286,7 @@ class OnlineTrainer:
                             num_groups=batch.num_groups, num_tokens=int(mask.sum()), max_length=cfg.max_new_tokens,
                             num_nonempty=int((mask.sum(-1) > 0).sum()), token_advantages=advantage.token,
                             old_values=scored.values, returns=advantage.returns,
-                            is_weights=self._is_weights(scored) if cfg.tis_cap else None)
+                            is_weights=scored.is_weights)
         sums = MetricSums()
         rng = random.Random(f"minibatches-{cfg.seed}-{step}")
         world = self.engine.world
@@ -345,10 +350,6 @@ class OnlineTrainer:
             "step_s": clock.elapsed(),
         }
 
-    def _is_weights(self, scored: Scored) -> Tensor:
-        return truncated_is_weights(scored.old_logprobs, scored.sampler_logprobs, self.config.tis_cap,
-                                    self.config.tis_mode)
-
     def _mismatch(self, batch: Collected, scored: Scored) -> dict:
         """How far the sampler's probabilities of the sampled tokens are from the trainer's: k3 of the sampler
         against the trainer, mean per real token, and with TIS the share of tokens whose weight was cut."""
@@ -357,8 +358,8 @@ class OnlineTrainer:
         mask = batch.rollout.completion_mask
         tokens = mask.sum().clamp(min=1)
         out = {"mismatch_kl": float((k3(scored.sampler_logprobs, scored.old_logprobs) * mask).sum() / tokens)}
-        if self.config.tis_cap:
-            weights = self._is_weights(scored)
+        if scored.is_weights is not None:
+            weights = scored.is_weights
             cut = weights < 1.0 if self.config.tis_mode == "mask" else weights >= self.config.tis_cap
             out["tis_cut_fraction"] = float((cut.float() * mask).sum() / tokens)
         return out
