@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from test_objectives import categorical_policy_step
 
 from divalign import advantages, objectives
 from divalign.advantages.registry import EstimatorInputs
@@ -299,3 +300,9 @@ def test_importance_weights_multiply_the_policy_term_only(name):
     kl_only, lp = one_response([0.0, 0.0], 0.0, ref_logprobs=torch.tensor([[-1.3, -0.8]], dtype=torch.float64))
     _, without, _ = loss_and_grad(name, kl_only, lp, beta=1.0)
     assert with_weights == pytest.approx(without)
+
+
+@pytest.mark.parametrize("name", ["gspo", "cispo", "sapo", "gmpo", "dppo"])
+def test_one_step_raises_above_average_responses_and_lowers_the_others(name):
+    delta, rewards = categorical_policy_step(name, beta=0.0)
+    assert (delta[rewards > 0] > 0).all() and (delta[rewards == 0] < 0).all()
