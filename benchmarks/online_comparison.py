@@ -83,6 +83,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="run only these objectives (the table shows all)")
     parser.add_argument("--sampling-dtype", default="auto", help="sample in this precision (training stays fp32)")
     parser.add_argument("--tis-cap", type=float, default=0.0, help="truncated importance sampling cap (0: off)")
+    parser.add_argument("--minibatches", type=int, default=1,
+                        help="optimizer steps per batch (each on a share of its groups): the later ones are off-policy, "
+                             "where the trust regions of the methods differ")
     parser.add_argument("--reuse", default="",
                         help="results of fgrpo_quality.py: its GRPO and f-GRPO runs have the same settings and are "
                              "taken from there when present (only from the same code)")
@@ -95,10 +98,12 @@ def main() -> None:
     reference, _ = load_causal_lm(start)
     held_out = ArithmeticTask().eval_set(100)
     listed = methods(args.fgrpo_divergence)
-    overrides = {"sampling_dtype": args.sampling_dtype, "tis_cap": args.tis_cap}
-    if args.sampling_dtype != "auto" or args.tis_cap:
-        suffix = f" [{args.sampling_dtype} sampling" + (f", TIS {args.tis_cap:g}]" if args.tis_cap else "]")
-        listed = [(name + suffix, objective, options) for name, objective, options in listed]
+    overrides = {"sampling_dtype": args.sampling_dtype, "tis_cap": args.tis_cap, "minibatches": args.minibatches}
+    notes = [f"{args.sampling_dtype} sampling"] if args.sampling_dtype != "auto" else []
+    notes += [f"TIS {args.tis_cap:g}"] if args.tis_cap else []
+    notes += [f"{args.minibatches} minibatches"] if args.minibatches > 1 else []
+    if notes:
+        listed = [(f"{name} [{', '.join(notes)}]", objective, options) for name, objective, options in listed]
     for seed in args.seeds:
         for name, objective, options in listed:
             if args.only is not None and objective not in args.only:
