@@ -1,7 +1,9 @@
 """What the policy-gradient objectives share (docs/algorithms.md#online-objectives): their common options — the KL
 term to the reference and the aggregation (:class:`PolicyOptions`), the ratio clip (:class:`ClipOptions`) — and the
-per-token pieces built from them: the importance ratio, PPO's clipped surrogate with dual clip
-(docs/algorithms.md#dual-clip), and the KL term (docs/algorithms.md#kl-estimators).
+per-token pieces built from them: the importance ratio, the advantage of every token, PPO's clipped surrogate
+with dual clip (docs/algorithms.md#dual-clip), the KL term (docs/algorithms.md#kl-estimators), the reduction to the
+loss (docs/algorithms.md#aggregation) and the truncated importance weights against a sampler that is not the
+trainer (docs/algorithms.md#truncated-importance-sampling).
 """
 
 from __future__ import annotations
