@@ -28,8 +28,6 @@ from divalign.objectives.batch import OnlineBatch
 from divalign.objectives.interface import KLPenalty, OnlineOptions
 from divalign.objectives.registry import register
 
-KL_ESTIMATORS = ("k1", "k3")
-
 
 @dataclass
 class PPOOptions(OnlineOptions, GAEOptions):
@@ -44,15 +42,14 @@ class PPOOptions(OnlineOptions, GAEOptions):
     kl_coef: float = 0.05
     """Weight of the per-token KL penalty in the reward (0: none, no reference model needed)."""
     kl_estimator: str = "k1"
-    """Per-token KL estimate in the reward: k1 (log-ratio) or k3."""
+    """Per-token KL estimate in the reward: k1 (log-ratio), k2, k3 or abs."""
 
     advantage: ClassVar[str] = "gae"
     own_estimator_only: ClassVar[bool] = True
 
     def __post_init__(self):
         super().__post_init__()
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"ppo.kl_estimator: expected one of {', '.join(KL_ESTIMATORS)} (got '{self.kl_estimator}')")
+        kl.check_estimator(self.kl_estimator, "kl_estimator")
 
     def needs_reference(self) -> bool:
         return self.kl_coef > 0

@@ -31,18 +31,21 @@ class RLOOOptions(OnlineOptions):
     """Clip range of the sequence ratio."""
     beta: float = 0.05
     """Weight of the KL penalty folded into the reward (0: none, no reference model needed)."""
+    kl_estimator: str = "k1"
+    """Per-token KL estimate summed into the penalty: k1 (TRL's), k2, k3 or abs."""
 
     advantage: ClassVar[str] = "rloo"
 
     def __post_init__(self):
         if self.epsilon < 0 or self.beta < 0:
             raise ValueError("rloo: epsilon and beta must be >= 0")
+        kl.check_estimator(self.kl_estimator, "kl_estimator")
 
     def needs_reference(self) -> bool:
         return self.beta > 0
 
     def kl_penalty(self) -> KLPenalty | None:
-        return KLPenalty(self.beta, "k1") if self.beta > 0 else None
+        return KLPenalty(self.beta, self.kl_estimator) if self.beta > 0 else None
 
 
 @register("rloo", family="online", options=RLOOOptions)
