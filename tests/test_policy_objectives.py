@@ -306,3 +306,26 @@ def test_importance_weights_multiply_the_policy_term_only(name):
 def test_one_step_raises_above_average_responses_and_lowers_the_others(name):
     delta, rewards = categorical_policy_step(name, beta=0.0)
     assert (delta[rewards > 0] > 0).all() and (delta[rewards == 0] < 0).all()
+
+
+def test_singleton_groups_get_zero_or_their_raw_reward():
+    rewards = torch.tensor([1.0, 0.0, 0.7], dtype=torch.float64)
+    ids = torch.tensor([0, 0, 1])  # the second prompt has one response
+    zero = advantages.group_normalized(rewards, ids, 2)
+    raw = advantages.group_normalized(rewards, ids, 2, singletons="raw")
+    assert zero[2] == 0 and raw[2] == pytest.approx(0.7 / (1 + 1e-4))
+    torch.testing.assert_close(zero[:2], raw[:2])
+    inputs = EstimatorInputs(rewards, ids, 2, torch.ones(3, 2, dtype=torch.float64))
+    options = objectives.get("grpo").make_options({"singleton_groups": "raw"})
+    assert advantages.get("group").fn(inputs, options).sequence[2] == pytest.approx(0.7 / (1 + 1e-4))
+    assert advantages.get("group_mean").fn(inputs, options).sequence[2] == pytest.approx(0.7)
+
+
+def test_one_response_per_prompt_needs_the_raw_singleton_convention(tmp_path, tiny_model_dir, capsys):
+    from divalign.cli import main
+
+    common = ["rl", "--model", tiny_model_dir, "--task", "arithmetic", "--objective", "grpo", "--num-generations",
+              "1", "--prompts-per-step", "4", "--max-new-tokens", "4", "--steps", "1", "--no-progress"]
+    assert main([*common, "--output-dir", str(tmp_path / "zero")]) == 2
+    assert "needs num-generations >= 2" in capsys.readouterr().err
+    assert main([*common, "--grpo.singleton-groups", "raw", "--output-dir", str(tmp_path / "raw")]) == 0

@@ -7,15 +7,25 @@ import torch
 from torch import Tensor
 
 from divalign.advantages.registry import Advantages, EstimatorInputs, register
-from divalign.groups import group_mean
+from divalign.groups import group_mean, group_sum
 
 #: Added to the group standard deviation before dividing (as TRL does), so near-constant groups stay finite.
 STD_EPS = 1e-4
 #: Relative spread below which a group's rewards count as equal (float rounding of the mean is ~1e-7).
 EQUAL_TOLERANCE = 1e-6
+#: What a group of one response gets: advantage 0 (it has nothing to be compared with), or verl's convention, its
+#: raw reward (mean 0 and standard deviation 1 for such a group).
+SINGLETON_GROUPS = ("zero", "raw")
 
 
-def group_normalized(rewards: Tensor, group_ids: Tensor, num_groups: int, scale: bool = True) -> Tensor:
+def singleton_groups(options) -> str:
+    """The ``singleton_groups`` choice of an objective's options (those of :mod:`divalign.objectives.policy` offer
+    it; every other objective keeps ``zero``)."""
+    return getattr(options, "singleton_groups", "zero")
+
+
+def group_normalized(rewards: Tensor, group_ids: Tensor, num_groups: int, scale: bool = True,
+                     singletons: str = "zero") -> Tensor:
     """GRPO (arXiv 2402.03300): a_i = (r_i − mean_g(r)) / (std_g(r) + 1e-4).
 
     The standard deviation is the population one (divide by G), so with G = 2 and binary rewards the
@@ -27,6 +37,10 @@ def group_normalized(rewards: Tensor, group_ids: Tensor, num_groups: int, scale:
     std = group_mean(centered * centered, group_ids, num_groups).sqrt()[group_ids]
     # A group whose rewards are equal up to rounding of the mean carries no signal: exactly zero, not ±1e-4.
     centered = torch.where(std > EQUAL_TOLERANCE * (1 + mean.abs()), centered, torch.zeros_like(centered))
+    if singletons == "raw":
+        alone = group_sum(torch.ones_like(rewards), group_ids, num_groups)[group_ids] == 1
+        centered = torch.where(alone, rewards, centered)
+        std = torch.where(alone, torch.ones_like(std), std)
     return centered / (std + STD_EPS) if scale else centered
 
 
@@ -39,10 +53,12 @@ def group_std(rewards: Tensor, group_ids: Tensor, num_groups: int) -> Tensor:
 @register("group", min_group_size=2)
 def group(inputs: EstimatorInputs, options) -> Advantages:
     """Group-normalised (GRPO)."""
-    return Advantages(group_normalized(inputs.sequence_rewards(), inputs.group_ids, inputs.num_groups))
+    return Advantages(group_normalized(inputs.sequence_rewards(), inputs.group_ids, inputs.num_groups,
+                                       singletons=singleton_groups(options)))
 
 
 @register("group_mean", min_group_size=2)
 def centred(inputs: EstimatorInputs, options) -> Advantages:
     """Group-centred, no std division (Dr. GRPO)."""
-    return Advantages(group_normalized(inputs.sequence_rewards(), inputs.group_ids, inputs.num_groups, scale=False))
+    return Advantages(group_normalized(inputs.sequence_rewards(), inputs.group_ids, inputs.num_groups, scale=False,
+                                       singletons=singleton_groups(options)))

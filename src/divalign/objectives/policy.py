@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from divalign.advantages.group import SINGLETON_GROUPS
 from divalign.objectives import kl
 from divalign.objectives.aggregation import EMPTY_RESPONSES, aggregate, check_mode
 from divalign.objectives.batch import OnlineBatch
@@ -35,9 +36,15 @@ class PolicyOptions(OnlineOptions):
     empty_responses: str = "count"
     """How responses without a real token (e.g. masked as truncated) count in the sequence means: count (TRL) or
     skip (verl)."""
+    singleton_groups: str = "zero"
+    """What a prompt with one response gets from the group estimators: zero (no comparison, no gradient) or raw
+    (its reward, verl's convention; allows num-generations 1)."""
 
     def __post_init__(self):
         check_mode(self.aggregation, "aggregation")
+        if self.singleton_groups not in SINGLETON_GROUPS:
+            raise ValueError(f"singleton_groups: expected one of {', '.join(SINGLETON_GROUPS)} "
+                             f"(got '{self.singleton_groups}')")
         if self.empty_responses not in EMPTY_RESPONSES:
             raise ValueError(f"empty_responses: expected one of {', '.join(EMPTY_RESPONSES)} "
                              f"(got '{self.empty_responses}')")
