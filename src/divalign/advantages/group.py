@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from divalign.advantages.registry import Advantages, EstimatorInputs, register
+from divalign.advantages.registry import Advantages, EstimatorInputs, register, singleton_groups
 from divalign.groups import group_mean, group_sum
 
 #: Added to the group standard deviation before dividing (as TRL does), so near-constant groups stay finite.
@@ -16,12 +16,6 @@ EQUAL_TOLERANCE = 1e-6
 #: What a group of one response gets: advantage 0 (it has nothing to be compared with), or verl's convention, its
 #: raw reward (mean 0 and standard deviation 1 for such a group).
 SINGLETON_GROUPS = ("zero", "raw")
-
-
-def singleton_groups(options) -> str:
-    """The ``singleton_groups`` choice of an objective's options (those of :mod:`divalign.objectives.policy` offer
-    it; every other objective keeps ``zero``)."""
-    return getattr(options, "singleton_groups", "zero")
 
 
 def group_normalized(rewards: Tensor, group_ids: Tensor, num_groups: int, scale: bool = True,
@@ -50,14 +44,14 @@ def group_std(rewards: Tensor, group_ids: Tensor, num_groups: int) -> Tensor:
     return group_mean(centered * centered, group_ids, num_groups).sqrt()[group_ids]
 
 
-@register("group", min_group_size=2)
+@register("group", min_group_size=2, raw_singletons=True)
 def group(inputs: EstimatorInputs, options) -> Advantages:
     """Group-normalised (GRPO)."""
     return Advantages(group_normalized(inputs.sequence_rewards(), inputs.group_ids, inputs.num_groups,
                                        singletons=singleton_groups(options)))
 
 
-@register("group_mean", min_group_size=2)
+@register("group_mean", min_group_size=2, raw_singletons=True)
 def centred(inputs: EstimatorInputs, options) -> Advantages:
     """Group-centred, no std division (Dr. GRPO)."""
     return Advantages(group_normalized(inputs.sequence_rewards(), inputs.group_ids, inputs.num_groups, scale=False,

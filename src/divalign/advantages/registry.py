@@ -47,6 +47,11 @@ class Estimator:
     needs_values: bool  #: reads a value head's predictions (the trainer then trains one)
     needs_scores: bool  #: reads fine-grained scores of the responses
     min_group_size: int  #: responses it needs per prompt
+    raw_singletons: bool = False  #: it can give a lone response its raw reward (``singleton_groups raw``)
+
+    def group_size_needed(self, options) -> int:
+        """Responses per prompt it needs under ``options``: one when it gives lone responses their raw reward."""
+        return 1 if self.raw_singletons and singleton_groups(options) == "raw" else self.min_group_size
 
     def usable_with(self, options) -> bool:
         """Whether an objective with these options can use this estimator."""
@@ -56,14 +61,20 @@ class Estimator:
 _REGISTRY: dict[str, Estimator] = {}
 
 
+def singleton_groups(options) -> str:
+    """The ``singleton_groups`` choice of an objective's options (those of :mod:`divalign.objectives.policy` offer
+    it; every other objective keeps ``zero``: a lone response gets advantage 0)."""
+    return getattr(options, "singleton_groups", "zero")
+
+
 def register(name: str, *, options: type | None = None, needs_values: bool = False, needs_scores: bool = False,
-             min_group_size: int = 1):
+             min_group_size: int = 1, raw_singletons: bool = False):
     """Decorator: register an estimator ``fn(inputs, options) -> Advantages`` under ``name``."""
 
     def decorate(fn):
         if name in _REGISTRY:
             raise ValueError(f"advantage estimator '{name}' registered twice")
-        _REGISTRY[name] = Estimator(name, fn, options, needs_values, needs_scores, min_group_size)
+        _REGISTRY[name] = Estimator(name, fn, options, needs_values, needs_scores, min_group_size, raw_singletons)
         return fn
 
     return decorate

@@ -27,7 +27,6 @@ from torch import Tensor
 
 from divalign import advantages, rewards
 from divalign.advantages import Advantages, EstimatorInputs
-from divalign.advantages.group import singleton_groups
 from divalign.data.preferences import Unpaired
 from divalign.data.tokens import SequenceBatch
 from divalign.generation import make_sampler
@@ -136,8 +135,7 @@ class RLConfig(ObjectiveChoice, ModelOptions, AdapterOptions, RewardOptions, Com
         if self.tis_cap and not isinstance(options, PolicyOptions):
             raise ValueError(f"tis_cap: objective '{self.objective}' does not apply importance weights (the "
                              "policy-gradient objectives of divalign.objectives.policy do)")
-        alone_allowed = estimator.name in ("group", "group_mean") and singleton_groups(options) == "raw"
-        if self.num_generations < estimator.min_group_size and not alone_allowed:
+        if self.num_generations < estimator.group_size_needed(options):
             raise ValueError(f"num_generations: the advantage estimator '{self.estimator}' compares the completions of "
                              f"a prompt, so it needs num-generations >= {estimator.min_group_size} (got "
                              f"{self.num_generations}; one completion per prompt would train on zero advantages)")
