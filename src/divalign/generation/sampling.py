@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -38,8 +38,10 @@ class Rollout:
         return self.completion_mask.sum(-1)
 
     def select(self, rows: Tensor) -> Rollout:
-        return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows],
-                       self.completion_mask[rows], self.logprobs[rows], self.truncated[rows])
+        return Rollout(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def to(self, device) -> Rollout:
+        return Rollout(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device="cpu") -> tuple[Tensor, Tensor]:

@@ -45,9 +45,7 @@ class Collected:
 
     def to(self, device) -> Collected:
         """The batch with its tensors on ``device`` (the trainer's)."""
-        r = self.rollout
-        self.rollout = Rollout(*(t.to(device) for t in (r.prompt_ids, r.prompt_mask, r.completion_ids,
-                                                         r.completion_mask, r.logprobs, r.truncated)))
+        self.rollout = self.rollout.to(device)
         for name in ("rewards", "task_rewards", "group_ids", "anchors", "scores"):
             if getattr(self, name) is not None:
                 setattr(self, name, getattr(self, name).to(device))
