@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from divalign import __version__, parallel
-from divalign.commands import demo, preference, rl, rm, sft
+from divalign.commands import constitutional, demo, label, preference, rl, rm, sft
 from divalign.commands import eval as evaluation
 from divalign.commands.common import CONFIG_FILE
 from divalign.config import add_arguments, from_args
@@ -46,6 +46,10 @@ COMMANDS = {
     "rl": Command(RLConfig, rl.run, "online RL (GRPO family, PPO, RLOO, DaGRPO, f-GRPO, f-HAL) on a model folder"),
     "eval": Command(evaluation.EvalConfig, evaluation.run, "evaluate a model: task accuracy, reward, KL, perplexity, "
                     "win rate, safety"),
+    "label": Command(label.LabelConfig, label.run, "collect preferences on a local web page, or from a judge model "
+                     "(RLAIF)"),
+    "constitutional": Command(constitutional.ConstitutionalConfig, constitutional.run, "Constitutional AI data: "
+                              "responses, critiques and revisions against principles (SFT data and pairs)"),
     "report": Command(ReportConfig, _report, "one self-contained HTML page comparing run folders"),
 }
 #: Arguments that are not options of a config.

@@ -16,9 +16,9 @@ from divalign.allocator import keep_freed_memory
 from divalign.checkpoint import atomic_directory
 from divalign.config import dump_yaml, to_dict
 from divalign.errors import UserError
-from divalign.models import save_model
+from divalign.models import configure, load_causal_lm, save_model
 from divalign.models.adapters import add_lora, load_adapter, merged
-from divalign.parallel import World
+from divalign.parallel import World, autocast, process_device, resolve_dtype
 from divalign.tracking import Trackers, tracker_names
 from divalign.trainers.loop import FINAL_MODEL, resume_point, run_steps
 
@@ -148,3 +148,19 @@ def non_negative(config, *names: str) -> None:
     for name in names:
         if getattr(config, name) < 0:
             raise UserError(f"{name.replace('_', '-')} must be >= 0 (got {getattr(config, name)})")
+
+
+def load_frozen(folder: str, config):
+    """A causal LM that only reads (evaluation, generation, judging): frozen, on the command's device, its forward
+    chosen for the command's precision (``config`` has DeviceOptions and ``trust_remote_code``)."""
+    model, tokenizer = load_causal_lm(folder, trust_remote_code=config.trust_remote_code)
+    model.requires_grad_(False).to(process_device(config.device))
+    configure(model, dtype=resolve_dtype(config.dtype, process_device(config.device)))
+    return model, tokenizer
+
+
+def precision(config):
+    """The context every forward of a reading command runs in: the command's precision (log-probabilities still
+    come out in fp32)."""
+    device = process_device(config.device)
+    return autocast(device, resolve_dtype(config.dtype, device))

@@ -16,7 +16,15 @@ from pathlib import Path
 import torch
 
 from divalign import rewards
-from divalign.commands.common import check_output_dir, configure_process, create_run_dir, non_negative, positive
+from divalign.commands.common import (
+    check_output_dir,
+    configure_process,
+    create_run_dir,
+    load_frozen,
+    non_negative,
+    positive,
+    precision,
+)
 from divalign.data.prompts import Example, read_prompt_file
 from divalign.data.records import read_records, require_fields
 from divalign.errors import UserError
@@ -29,8 +37,7 @@ from divalign.eval.safety.gcg import gcg_attack
 from divalign.eval.safety.judge import train_and_score
 from divalign.eval.safety.suite import run_safety
 from divalign.eval.separation import last_token_states, separation
-from divalign.models import check_causal_lm_folder, configure, load_causal_lm, load_tokenizer
-from divalign.parallel import autocast, process_device, resolve_dtype
+from divalign.models import check_causal_lm_folder, load_tokenizer
 from divalign.rewards import RewardOptions
 from divalign.rewards.spec import check_answers, verifiers_of
 from divalign.tasks.arithmetic import ArithmeticTask
@@ -176,7 +183,7 @@ def run(config: EvalConfig) -> dict:
     out = check_output_dir(config.output_dir, config.resume)
     configure_process(config.threads, config.progress)
     torch.manual_seed(config.seed)
-    model, tokenizer = _load(config.model, config)
+    model, tokenizer = load_frozen(config.model, config)
     create_run_dir(out, config)
     cache = GenerationCache(out / CACHE)
     results: dict = {"model": config.model}
@@ -186,7 +193,7 @@ def run(config: EvalConfig) -> dict:
 
     def section(name, fn):
         t = time.perf_counter()
-        with _precision(config):
+        with precision(config):
             results[name] = fn()
         timings[name] = time.perf_counter() - t
         (out / RESULTS).write_text(json.dumps({**results, "seconds": timings}, indent=2))  # partial results survive
@@ -223,20 +230,6 @@ def run(config: EvalConfig) -> dict:
     return results
 
 
-def _load(folder: str, config: EvalConfig):
-    """A causal LM of the evaluation, frozen, on the run's device, its forward chosen for the run's precision."""
-    model, tokenizer = load_causal_lm(folder, trust_remote_code=config.trust_remote_code)
-    model.requires_grad_(False).to(process_device(config.device))
-    configure(model, dtype=resolve_dtype(config.dtype, process_device(config.device)))
-    return model, tokenizer
-
-
-def _precision(config: EvalConfig):
-    """Every section's forwards run in the run's precision (log-probabilities still come out in fp32)."""
-    device = process_device(config.device)
-    return autocast(device, resolve_dtype(config.dtype, device))
-
-
 def _task(config: EvalConfig):
     if not config.task:
         return [], None
@@ -257,13 +250,13 @@ def _calibration(model, tokenizer, examples, reward_fn, config, out: Path) -> di
 
 
 def _kl(model, tokenizer, prompts, config) -> dict:
-    reference, _ = _load(config.reference, config)
+    reference, _ = load_frozen(config.reference, config)
     return kl_to_reference(model, reference, tokenizer, prompts, samples_per_prompt=config.kl_samples,
                            max_new_tokens=config.max_new_tokens, seed=config.seed)
 
 
 def _win_rate(model, tokenizer, prompts, texts, answers, judge, config, common) -> dict:
-    other, other_tok = _load(config.model_b, config)
+    other, other_tok = load_frozen(config.model_b, config)
     other_answers = generate(other, other_tok, prompts, Decoding(config.max_new_tokens, greedy=True),
                              desc="model_b responses", **{**common, "model_id": config.model_b})
     blank = [""] * len(prompts)

@@ -16,6 +16,8 @@ from divalign.errors import UserError
 from divalign.tracking import warn
 
 ASSISTANT = "\n\nAssistant:"
+#: Choices of a labelled preference file that carry no preference (divalign.feedback.labels).
+NO_PREFERENCE = ("tie", "both_bad")
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,17 @@ def read_pairs(
     rejected_field: str = "rejected",
     drop_identical: bool = False,
 ) -> list[Pair]:
-    """Pairs with an explicit prompt (``prompt_field`` present in the first record) or an implicit one."""
+    """Pairs with an explicit prompt (``prompt_field`` present in the first record) or an implicit one.
+
+    A labelled preference file (``divalign label``) also holds ties and "both bad" choices, which state no
+    preference: those lines are left out, with one warning that counts them."""
     records = read_records(path)
+    undecided = [r for r in records if r.data.get("choice") in NO_PREFERENCE]
+    records = [r for r in records if r.data.get("choice") not in NO_PREFERENCE]
+    if not records:
+        raise UserError(f"{path}: no preference pairs (all {len(undecided)} labels are ties or 'both bad')")
+    if undecided:
+        warn(f"{path}: {len(undecided)} labels are ties or 'both bad' (no preference) and are left out")
     explicit = prompt_field in records[0].data
     pairs = []
     for r in records:

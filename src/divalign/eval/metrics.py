@@ -76,7 +76,12 @@ def win_rate(scores_a: list[float], scores_b: list[float], tie_tolerance: float 
     """Share of prompts where A's response scores above B's (a tie counts half), with a 95 % Wilson interval."""
     wins = sum(a > b + tie_tolerance for a, b in zip(scores_a, scores_b))
     ties = sum(abs(a - b) <= tie_tolerance for a, b in zip(scores_a, scores_b))
-    n = len(scores_a)
+    return win_rate_from_counts(wins, ties, len(scores_a) - wins - ties)
+
+
+def win_rate_from_counts(wins: int, ties: int, losses: int) -> dict:
+    """Win rate of A over B from counted comparisons, a tie counting half, with its 95 % Wilson interval."""
+    n = wins + ties + losses
     low, high = wilson_interval(wins + 0.5 * ties, n)
-    return {"win_rate": (wins + 0.5 * ties) / n, "win_rate_ci95": [low, high], "wins": wins, "ties": ties,
-            "losses": n - wins - ties, "comparisons": n}
+    return {"win_rate": (wins + 0.5 * ties) / n if n else float("nan"), "win_rate_ci95": [low, high], "wins": wins,
+            "ties": ties, "losses": losses, "comparisons": n}
