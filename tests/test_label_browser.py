@@ -5,26 +5,21 @@ and checks the preference file, the resume point and the summary page."""
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from label_server import Server, free_port
 
 from divalign.data.preferences import read_pairs
 from divalign.feedback.agreement import cohen_kappa
 
 selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -43,42 +38,6 @@ PAIRS = [
      "model_b": "base"},
     {"prompt": "What is 2 + 2?", "response_a": "4", "response_b": "5", "model_a": "sft", "model_b": "base"},
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, pairs: Path, output: Path, port: int, log: Path):
-        self.args = [sys.executable, "-m", "divalign", "label", "--pairs", str(pairs), "--output", str(output),
-                     "--port", str(port), "--no-browser", "--seed", "3"]
-        self.url = f"http://127.0.0.1:{port}/"
-        self.log = log
-        self.process = None
-
-    def start(self):
-        self.process = subprocess.Popen(self.args, stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                urllib.request.urlopen(self.url + "api/summary", timeout=1).read()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("the labelling server did not start:\n" + self.log.read_text())
-
-    def kill(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            self.process.wait(20)
 
 
 @pytest.fixture
@@ -110,7 +69,7 @@ def test_label_page_in_chromium_clicks_keys_kill_restart_and_summary(tmp_path, b
     pairs_file = tmp_path / "pairs.jsonl"
     pairs_file.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     output = tmp_path / "prefs.jsonl"
-    server = Server(pairs_file, output, _free_port(), tmp_path / "server.log")
+    server = Server(pairs_file, output, free_port(), tmp_path / "server.log")
     shots = Path(os.environ.get("DIVALIGN_SCREENSHOTS", tmp_path))
     server.start()
     try:

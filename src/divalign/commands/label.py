@@ -95,10 +95,10 @@ def default_pairs_path(output: str) -> Path:
 def validate(config: LabelConfig) -> None:
     if not config.output:
         raise UserError("no output: give --output FILE (the preference file labels are appended to)")
-    if not config.summary and not config.pairs and not config.model_a:
-        raise UserError("no pairs: give --pairs FILE, or --model-a FOLDER with --prompts FILE to generate them")
     if config.model_b and not config.model_a:
         raise UserError("--model-b needs --model-a (the other side of the A/B study)")
+    if not config.summary and not config.pairs and not config.model_a:
+        raise UserError("no pairs: give --pairs FILE, or --model-a FOLDER with --prompts FILE to generate them")
     if config.model_a and not config.prompts:
         raise UserError("--model-a needs --prompts (the requests the models answer)")
     positive(config, "prompts_limit", "max_new_tokens", "batch_size")

@@ -39,7 +39,7 @@ def cohen_kappa(first: list[str], second: list[str]) -> float | None:
     from sklearn.metrics import cohen_kappa_score
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore")  # the undefined case is reported as None below
         kappa = cohen_kappa_score(first, second, labels=list(CHOICES))
     return None if math.isnan(kappa) else float(kappa)
 

@@ -86,6 +86,14 @@ class Verdict:
         return {"a_first": "a" if self.a_first > 0.5 else "b", "b_first": "a" if self.b_first > 0.5 else "b"}
 
 
+def combine(first_with_a_first: float, first_with_b_first: float) -> Verdict:
+    """The verdict on (A, B) from P(first better) with A shown first and with B shown first: A or B where the two
+    orders agree, a tie where they do not."""
+    a_first, b_first = first_with_a_first, 1.0 - first_with_b_first
+    agree = (a_first > 0.5) == (b_first > 0.5)
+    return Verdict(("a" if a_first > 0.5 else "b") if agree else "tie", a_first, b_first)
+
+
 class Judge:
     """A causal LM that compares two responses (see the module docstring)."""
 
@@ -134,13 +142,7 @@ class Judge:
         b_first = [self.template.format(prompt=t, first=b, second=a, **f)
                    for t, a, b, f in zip(texts, responses_a, responses_b, fields)]
         scores = self.first_preferred(a_first + b_first)
-        n = len(prompts)
-        verdicts = []
-        for p_a, q_b in zip(scores[:n], scores[n:]):
-            p_b = 1.0 - q_b
-            choice = ("a" if p_a > 0.5 else "b") if (p_a > 0.5) == (p_b > 0.5) else "tie"
-            verdicts.append(Verdict(choice, p_a, p_b))
-        return verdicts
+        return [combine(p, q) for p, q in zip(scores[: len(prompts)], scores[len(prompts):])]
 
 
 def judge_pairs(judge: Judge, pairs: list[LabelPair], labels: LabelFile, annotator: str,
