@@ -21,7 +21,7 @@ LAYERS = [
     ("rewards",),
     ("tasks", "charlm", "convert"),
     ("config",),
-    ("eval", "report"),
+    ("eval", "report", "feedback"),
     ("trainers",),
     ("commands",),
     ("cli", "__main__", "__init__"),
