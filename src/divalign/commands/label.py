@@ -215,8 +215,6 @@ def run(config: LabelConfig) -> dict | None:
         return result
     if config.judge:
         check_causal_lm_folder(config.judge, config.trust_remote_code)
-    if config.pairs and not config.model_a and not Path(config.pairs).exists():
-        raise UserError(f"{config.pairs}: file does not exist")
     configure_process(config.threads, config.progress)
     torch.manual_seed(config.seed)
     pairs = _load_pairs(config)
