@@ -52,9 +52,50 @@ def speed_model(workdir: str) -> str:
                             num_heads=4, num_kv_heads=2, max_positions=64)
 
 
+def synthetic_words(count: int) -> list[str]:
+    """``count`` distinct lower-case letter strings, shortest first (a, ..., z, aa, ab, ...): a word vocabulary."""
+    import itertools
+    import string
+
+    words = (''.join(w) for n in itertools.count(1) for w in itertools.product(string.ascii_lowercase, repeat=n))
+    return list(itertools.islice(words, count))
+
+
+def word_tokenizer(vocab_size: int):
+    """A real ``tokenizers`` WordLevel tokenizer of exactly ``vocab_size`` entries (<pad>, <s>, </s>, <unk>, then
+    :func:`synthetic_words`), split on whitespace, <s> put before every text, wrapped as a Hugging Face fast
+    tokenizer: every id 0..vocab_size-1 is a token, so any sampled id decodes (to a word, or to nothing for the
+    special tokens when they are skipped)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from divalign.charlm import BOS, EOS, PAD, UNK
+
+    vocab = {tok: i for i, tok in enumerate([PAD, BOS, EOS, UNK, *synthetic_words(vocab_size - 4)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, vocab[BOS])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK)
+
+
+def realistic_model(folder: str, *, vocab: int, hidden: int, intermediate: int, layers: int, heads: int,
+                    kv_heads: int, tie: bool, max_positions: int, seed: int = 0) -> tuple[str, int]:
+    """A randomly initialised Llama of a real model's shape with a :func:`word_tokenizer` of ``vocab`` entries,
+    saved as a Hugging Face folder; returns the folder and the parameter count."""
+    from divalign.charlm import tiny_llama
+    from divalign.models import param_count, save_model
+
+    tokenizer = word_tokenizer(vocab)
+    model = tiny_llama(tokenizer, hidden_size=hidden, intermediate_size=intermediate, num_layers=layers,
+                       num_heads=heads, num_kv_heads=kv_heads, max_positions=max_positions, seed=seed,
+                       tie_embeddings=tie)
+    save_model(model, tokenizer, folder)
+    return str(folder), param_count(model)
+
+
 #: TRL settings both speed benchmarks use: CPU, fp32, no logging, saving or progress bar, seed 0.
-TRL_CPU_QUIET = dict(use_cpu=True, bf16=False, fp16=False, report_to="none", save_strategy="no",
-                     logging_steps=10**6, disable_tqdm=True, seed=0)
+TRL_CPU_QUIET = {"use_cpu": True, "bf16": False, "fp16": False, "report_to": "none", "save_strategy": "no",
+                 "logging_steps": 10**6, "disable_tqdm": True, "seed": 0}
 
 
 def stories260k(folder: Path) -> Path:
