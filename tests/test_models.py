@@ -182,6 +182,41 @@ def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_h
         torch.testing.assert_close(p.grad, g_ref, atol=1e-5, rtol=1e-4)
 
 
+def test_the_head_in_blocks_of_rows_equals_the_hf_forward(tmp_path, monkeypatch):
+    """The output head runs a few rows at a time (models.llama.head): with blocks of 5 rows, the policy's
+    log-probabilities, entropies and gradients and the reference's log-probabilities equal unshared Hugging Face
+    forwards."""
+    from divalign.models.llama import head
+
+    folder = write_tiny_model(tmp_path / "m", hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+                              num_kv_heads=2, max_positions=64)
+    model, tok = load_causal_lm(folder)
+    reference = frozen_copy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    monkeypatch.setattr(head, "BLOCK_BYTES", 4 * model.config.vocab_size * 5)
+    prompts = [tok(p)["input_ids"] for p in ["12+3=", "1+1=", "45-67="]]
+    batch = make_sampler(model, tok).generate(prompts, 9, seeds=[3, 4, 5], num_samples=2).sequences()
+    weights = torch.randn(batch.completion_mask.shape)
+    configure(model, fast_path=False)
+    expected, expected_entropy = completion_logprobs(model, batch, temperature=0.8, with_entropy=True)
+    (expected * weights).sum().backward()
+    expected_grads = [p.grad.clone() for p in model.parameters()]
+    with torch.no_grad():
+        expected_ref = completion_logprobs(hf_forward(reference), batch, temperature=0.8)[0]
+    configure(model)
+    model.zero_grad()
+    out = completion_forward(model, batch, temperature=0.8, with_entropy=True, reference=reference)
+    assert int(batch.completion_mask.sum()) > 5 * 3  # several blocks
+    (out.logprobs * weights).sum().backward()
+    torch.testing.assert_close(out.logprobs.detach(), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.entropy, expected_entropy, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.reference_logprobs, expected_ref, atol=1e-5, rtol=0)
+    for p, g_ref in zip(model.parameters(), expected_grads):
+        torch.testing.assert_close(p.grad, g_ref, atol=1e-5, rtol=1e-4)
+
+
 def test_two_policies_sharing_a_reference_keep_their_own_gradients(tiny_model_dir):
     """The stacked pass keeps the weights of the policy and its reference in buffers shared per reference; a
     second policy's forward in between must not change the first one's gradients."""

@@ -4,7 +4,15 @@ written-out training pass (:mod:`divalign.models.llama.train`).
 A training step needs log π(y_t | ·) of the completion tokens only. :class:`_Head` computes them from the last
 hidden states, for the real completion tokens only, in one node whose backward is written out: the log-softmax
 gradient (one-hot minus softmax), the head and the RMSNorm. The entropy of each next-token distribution and the
-reference's log-probabilities come from the same softmax pass, without gradient.
+reference's log-probabilities come from the same pass, without gradient.
+
+The logits are computed a block of rows at a time, each block at most :data:`BLOCK_BYTES` (below the allocator's
+mmap threshold, :mod:`divalign.allocator`, so the same memory serves every block and every step instead of fresh
+pages the kernel must zero), and never held whole: a pass without gradient (the reference, scoring) keeps only
+each row's log-probability and log-normaliser, and a training pass writes each block's probabilities straight
+into the one (tokens × vocabulary) buffer its backward needs, where the backward then forms the logits' gradient in
+place. Recomputing the logits in the backward instead of keeping the probabilities saves that buffer but costs a
+third product with the head, which was measured slower (BENCHMARKS.md, "Speed at a real model's shape").
 """
 
 from __future__ import annotations
@@ -15,14 +23,36 @@ from torch import Tensor
 from divalign.models.llama import norm
 from divalign.models.logprobs import entropy_of, log_softmax_at
 
+#: the largest block of fp32 logits computed at once
+BLOCK_BYTES = 16 << 20
 
-def _logits(hidden: Tensor, gain: Tensor, weight: Tensor, eps: float, temperature: float):
-    normed, r = norm.normalize(hidden, eps)
-    scaled = normed * gain
+
+def _block_rows(vocab: int) -> int:
+    return max(1, BLOCK_BYTES // (4 * vocab))
+
+
+def _block_logits(scaled: Tensor, weight: Tensor, temperature: float) -> Tensor:
     logits = (scaled @ weight.t()).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    return normed, r, scaled, logits
+    return logits.div_(temperature) if temperature != 1.0 else logits
+
+
+def _forward_blocks(scaled: Tensor, tokens: Tensor, weight: Tensor, temperature: float, with_entropy: bool,
+                    probs: Tensor | None = None):
+    """log-probabilities at ``tokens`` and entropies (or None) of the rows of ``scaled``; with ``probs`` (rows, V),
+    the probabilities are written into it."""
+    rows = scaled.shape[0]
+    logp = scaled.new_empty(rows, dtype=torch.float32)
+    entropy = torch.empty_like(logp) if with_entropy else None
+    step = _block_rows(weight.shape[0])
+    for start in range(0, rows, step):
+        block = slice(start, start + step)
+        logits = _block_logits(scaled[block], weight, temperature)
+        logp[block], log_z = log_softmax_at(logits, tokens[block])
+        if probs is not None:
+            torch.exp(logits - log_z[:, None], out=probs[block])
+        if with_entropy:
+            entropy[block] = entropy_of(logits, log_z, None if probs is None else probs[block])
+    return logp, entropy
 
 
 class _Head(torch.autograd.Function):
@@ -32,22 +62,26 @@ class _Head(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, index, tokens, gain, weight, eps, temperature, with_entropy):
-        normed, r, scaled, logits = _logits(hidden.index_select(0, index), gain, weight, eps, temperature)
-        logp, log_z = log_softmax_at(logits, tokens)
-        probs = torch.exp(logits - log_z[:, None])  # kept for the backward
-        entropy = entropy_of(logits, log_z, probs) if with_entropy else logp.new_empty(0)
+        normed, r = norm.normalize(hidden.index_select(0, index), eps)
+        scaled = normed * gain
+        probs = scaled.new_empty(scaled.shape[0], weight.shape[0], dtype=torch.float32)  # kept for the backward
+        logp, entropy = _forward_blocks(scaled, tokens, weight, temperature, with_entropy, probs)
         ctx.save_for_backward(index, tokens, gain, weight, normed, r, scaled, probs)
         ctx.rows, ctx.temperature = hidden.shape[0], temperature
+        if entropy is None:
+            entropy = logp.new_empty(0)
         ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
     @staticmethod
     def backward(ctx, d_logp: Tensor, _d_entropy):
         index, tokens, gain, weight, normed, r, scaled, probs = ctx.saved_tensors
-        # d log p_y / d logits = onehot(y) − softmax, through the temperature
-        d_logits = (probs * -d_logp[:, None]).scatter_add_(1, tokens[:, None], d_logp[:, None])
+        # d log p_y / d logits = onehot(y) − softmax, through the temperature; formed in the probabilities' buffer
+        # (a second backward through this node then fails on the changed buffer rather than reading it)
+        d_out = d_logp[:, None]
+        d_logits = probs.mul_(-d_out).scatter_add_(1, tokens[:, None], d_out)
         if ctx.temperature != 1.0:
-            d_logits = d_logits / ctx.temperature
+            d_logits.div_(ctx.temperature)
         d_logits = d_logits.to(weight.dtype)
         d_weight = d_logits.t() @ scaled
         d_rows, d_gain = norm.backward(d_logits @ weight, gain, normed, r)
@@ -61,8 +95,8 @@ def token_logprobs(hidden: Tensor, index: Tensor, tokens: Tensor, gain: Tensor, 
     each distribution (no gradient) when asked. Without gradient the same values, nothing saved."""
     if not torch.is_grad_enabled() or not (hidden.requires_grad or weight.requires_grad or gain.requires_grad):
         with torch.no_grad():
-            _, _, _, logits = _logits(hidden.index_select(0, index), gain, weight, eps, temperature)
-            logp, log_z = log_softmax_at(logits, tokens)
-            return logp, entropy_of(logits, log_z) if with_entropy else None
+            normed, _ = norm.normalize(hidden.index_select(0, index), eps)
+            logp, entropy = _forward_blocks(normed * gain, tokens, weight, temperature, with_entropy)
+            return logp, entropy
     logp, entropy = _Head.apply(hidden, index, tokens, gain, weight, eps, temperature, with_entropy)
     return logp, entropy if with_entropy else None
