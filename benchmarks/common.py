@@ -27,6 +27,14 @@ def apply_process_options(args) -> dict:
     return {"threads": args.threads, "allocator_keeps_freed": False if args.default_allocator else keep_freed_memory()}
 
 
+def add_trl_checkpointing_option(parser) -> None:
+    """--trl-checkpointing: TRL 1.16 turns gradient checkpointing on by default (GRPOConfig, DPOConfig), recomputing
+    activations in its backward; the speed benchmarks turn it off unless asked, so both sides do the same
+    arithmetic (results before 2026-12-07 ran TRL with it on)."""
+    parser.add_argument("--trl-checkpointing", action="store_true",
+                        help="run TRL with its default gradient checkpointing (off here: divalign does not recompute)")
+
+
 def add_share_prompt_option(parser) -> None:
     parser.add_argument("--share-prompt", choices=("auto", "always", "never"), default="auto",
                         help="where running each group's prompt once costs a pass of its own (the compiled "

@@ -21,7 +21,14 @@ import random
 import tempfile
 import time
 
-from common import TRL_CPU_QUIET, Interleaved, add_process_options, apply_process_options, speed_model
+from common import (
+    TRL_CPU_QUIET,
+    Interleaved,
+    add_process_options,
+    add_trl_checkpointing_option,
+    apply_process_options,
+    speed_model,
+)
 
 
 def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
@@ -34,7 +41,8 @@ def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     return pairs
 
 
-def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: str, compile_forward: bool) -> dict:
+def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: str, compile_forward: bool,
+        trl_checkpointing: bool = False) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -53,6 +61,7 @@ def run(precompute: bool, steps: int, warmup: int, folder: str, pairs, workdir: 
         learning_rate=1e-5,
         max_steps=steps,
         precompute_ref_log_probs=precompute,
+        gradient_checkpointing=trl_checkpointing,
         **TRL_CPU_QUIET,
     )
     data = Dataset.from_dict(
@@ -105,6 +114,7 @@ def main() -> None:
     add_process_options(parser)
     parser.add_argument("--compile", action="store_true", help="divalign compiles its forward")
     parser.add_argument("--out", default=None)
+    add_trl_checkpointing_option(parser)
     args = parser.parse_args()
     process = apply_process_options(args)
     workdir = tempfile.mkdtemp(prefix="dpo-speed-")
@@ -114,7 +124,8 @@ def main() -> None:
         result = {
             "benchmark": "dpo_step_time",
             **process,
-            **run(precompute, args.steps, args.warmup, folder, pairs, workdir, args.compile),
+            "trl_gradient_checkpointing": args.trl_checkpointing,
+            **run(precompute, args.steps, args.warmup, folder, pairs, workdir, args.compile, args.trl_checkpointing),
         }
         print(json.dumps(result), flush=True)
         if args.out:

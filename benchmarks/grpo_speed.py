@@ -26,6 +26,7 @@ from common import (
     Interleaved,
     add_process_options,
     add_share_prompt_option,
+    add_trl_checkpointing_option,
     apply_process_options,
     apply_share_prompt_option,
     speed_model,
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="divalign compiles its training and scoring forward")
     parser.add_argument("--out", default=None)
     add_share_prompt_option(parser)
+    add_trl_checkpointing_option(parser)
     args = parser.parse_args()
     process = apply_process_options(args)
     apply_share_prompt_option(args)
@@ -106,6 +108,7 @@ def main() -> None:
         num_iterations=1,
         gradient_accumulation_steps=1,
         max_steps=args.steps,
+        gradient_checkpointing=args.trl_checkpointing,
         **TRL_CPU_QUIET,
     )
 
@@ -127,6 +130,7 @@ def main() -> None:
 
     result = {
         "benchmark": "grpo_step_time", "share_prompt": args.share_prompt,
+        "trl_gradient_checkpointing": args.trl_checkpointing,
         **process,
         "divalign_compile": args.compile,
         **timing.summary(args.warmup, ("generate_s", "score_s", "reference_s", "forward_backward_s", "optimizer_s")),

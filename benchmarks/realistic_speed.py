@@ -25,6 +25,9 @@ synthetic pairs, 8 pairs per step, β 0.1, lr 1e-5, one optimizer step per batch
 ``--new-tokens`` tokens each (that many minus one words, then </s>, which both sides append), max length prompt
 + response, so nothing is cut.
 
+TRL 1.16 turns gradient checkpointing on by default (GRPOConfig and DPOConfig), which recomputes activations in the
+backward; here it is off unless ``--trl-checkpointing`` is given, so that both sides do the same arithmetic.
+
 TRL's step k runs, then divalign's step k, so drifts in machine speed hit both alike; the result is the median of
 the per-step ratios (divalign / TRL) and their quartiles, after ``--warmup`` steps.
 
@@ -38,6 +41,7 @@ the operating system when it exits (``wait4``'s ``ru_maxrss``, as lora_memory.py
     python benchmarks/realistic_speed.py --algo grpo --steps 12 --new-tokens 256
     python benchmarks/realistic_speed.py --algo grpo --steps 12 --shape deep
     python benchmarks/realistic_speed.py --algo grpo --steps 6 --memory   # peak memory per side
+    PYTHONPATH=<checkout>/src python benchmarks/realistic_speed.py --alone --steps 5   # divalign alone, per phase
 
 Writes a JSON line to stdout (and appends it to --out if given).
 """
@@ -61,6 +65,7 @@ from common import (
     Interleaved,
     add_process_options,
     add_share_prompt_option,
+    add_trl_checkpointing_option,
     apply_process_options,
     apply_share_prompt_option,
     realistic_model,
@@ -128,7 +133,7 @@ def grpo_trl(folder: str, prompts: list[str], args, workdir: str, callbacks: lis
     config = GRPOConfig(output_dir=os.path.join(workdir, "trl"), per_device_train_batch_size=32, num_generations=8,
                         max_completion_length=args.new_tokens, temperature=1.0, beta=0.04, learning_rate=1e-5,
                         loss_type="grpo", num_iterations=1, gradient_accumulation_steps=1, max_steps=args.steps,
-                        **TRL_CPU_QUIET)
+                        gradient_checkpointing=args.trl_checkpointing, **TRL_CPU_QUIET)
 
     def trl_reward(prompts, completions, completion_ids, **kwargs):  # completion_ids: cut after </s>
         lengths.append((statistics.mean(len(ids) for ids in completion_ids),
@@ -172,7 +177,8 @@ def dpo_trl(folder: str, pairs, args, workdir: str, callbacks: list):
 
     config = DPOConfig(output_dir=os.path.join(workdir, "trl"), per_device_train_batch_size=8,
                        max_length=args.prompt_tokens + args.new_tokens, beta=0.1, learning_rate=1e-5,
-                       max_steps=args.steps, precompute_ref_log_probs=False, **TRL_CPU_QUIET)
+                       max_steps=args.steps, precompute_ref_log_probs=False,
+                       gradient_checkpointing=args.trl_checkpointing, **TRL_CPU_QUIET)
     data = Dataset.from_dict({"prompt": [p for p, _, _ in pairs], "chosen": [c for _, c, _ in pairs],
                               "rejected": [r for _, _, r in pairs]})
     return DPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), args=config, train_dataset=data,
@@ -242,6 +248,8 @@ def alone(args, folder: str, workdir: str) -> dict:
             seconds.append(time.perf_counter() - t)
         if args.algo == "grpo":
             out["completion_length_mean"] = statistics.mean(r["completion_length"] for r in rows[warmup:])
+        parts = GRPO_PARTS if args.algo == "grpo" else DPO_PARTS
+        out["divalign_parts_ms"] = {k: round(1000 * statistics.median(r[k] for r in rows[warmup:]), 2) for k in parts}
     return {**out, "step_ms_median": 1000 * statistics.median(seconds[warmup:])}
 
 
@@ -250,7 +258,8 @@ def child_argv(args, side: str, folder: str) -> list[str]:
             "--vocab", str(args.vocab), "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--new-tokens", str(args.new_tokens), "--prompt-tokens", str(args.prompt_tokens),
             "--threads", str(args.threads), "--share-prompt", args.share_prompt]
-    return argv + ["--default-allocator"] * args.default_allocator + ["--compile"] * args.compile
+    return (argv + ["--default-allocator"] * args.default_allocator + ["--compile"] * args.compile
+            + ["--trl-checkpointing"] * args.trl_checkpointing)
 
 
 def peak_rss(argv: list[str], workdir: str, name: str) -> tuple[float, dict]:
@@ -311,12 +320,18 @@ def main() -> None:
     add_process_options(parser)
     parser.add_argument("--compile", action="store_true", help="divalign compiles its forward")
     add_share_prompt_option(parser)
+    parser.add_argument("--alone", action="store_true",
+                        help="time divalign alone (no TRL in the process): to compare two checkouts, run it "
+                             "alternately with PYTHONPATH=<checkout>/src")
     parser.add_argument("--memory", action="store_true",
                         help="run each side alone in a process of its own and report its peak resident memory")
+    add_trl_checkpointing_option(parser)
     parser.add_argument("--out", default=None)
     parser.add_argument("--only", choices=("trl", "divalign"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.alone:
+        args.only = "divalign"
     if args.steps <= args.warmup and not (args.memory or args.only):
         parser.error("--steps must be larger than --warmup (the medians leave the warm-up steps out)")
     if args.prompt_tokens < 2 or args.new_tokens < 2:
@@ -327,19 +342,24 @@ def main() -> None:
 
     workdir = tempfile.mkdtemp(prefix="realistic-speed-")
     try:
-        if args.only:  # a --memory child: the parent's model folder, one side, one JSON line
+        if args.only and not args.alone:  # a --memory child: the parent's model folder, one side, one JSON line
             print(json.dumps(alone(args, args.folder, workdir)), flush=True)
             return
         positions = max(2048, args.prompt_tokens + args.new_tokens)
         folder, parameters = realistic_model(os.path.join(workdir, "model"), max_positions=positions, **dims)
         print(f"model: {parameters:,} parameters {dims}", file=sys.stderr, flush=True)
-        result = {"benchmark": "realistic_memory" if args.memory else "realistic_step_time", "algo": args.algo,
+        kind = "realistic_memory" if args.memory else "realistic_alone" if args.alone else "realistic_step_time"
+        result = {"benchmark": kind, "algo": args.algo,
                   "date": time.strftime("%Y-%m-%d"), "shape": {"preset": args.shape, **dims},
                   "parameters": parameters, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-                  "steps": args.steps, "warmup": args.warmup, **process, "divalign_compile": args.compile}
+                  "steps": args.steps, "warmup": args.warmup, **process, "divalign_compile": args.compile,
+                  "trl_gradient_checkpointing": args.trl_checkpointing}
         if args.algo == "grpo":
             result["share_prompt"] = args.share_prompt
-        result.update(memory(args, folder, workdir) if args.memory else interleaved(args, folder, workdir))
+        if args.alone:
+            result.update(alone(args, folder, workdir))
+        else:
+            result.update(memory(args, folder, workdir) if args.memory else interleaved(args, folder, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(result))
