@@ -178,6 +178,7 @@ def test_server_accepts_its_own_page_only_and_a_repeated_click_is_written_once(t
     (["--model-b", "m", "--output", "o.jsonl"], "--model-b needs --model-a"),
     (["--model-a", "m", "--output", "o.jsonl"], "--model-a needs --prompts"),
     (["--pairs", "p.jsonl", "--output", "o.jsonl", "--port", "70000"], "port must be in"),
+    (["--output", "o.jsonl", "--summary"], "o.jsonl: file does not exist"),
 ])
 def test_label_user_errors(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)

@@ -206,6 +206,8 @@ def _describe(result: dict) -> list[str]:
 def run(config: LabelConfig) -> dict | None:
     validate(config)
     template = judge_template(config) if config.judge else ""
+    if config.summary and not Path(config.output).exists():
+        raise UserError(f"{config.output}: file does not exist (nothing labelled yet)")
     labels = LabelFile(config.output)
     if config.summary:
         ids = [p.id for p in read_label_pairs(config.pairs)] if config.pairs else sorted(
