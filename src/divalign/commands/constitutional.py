@@ -9,7 +9,6 @@ Generations are cached in ``generations.jsonl``, so ``--resume`` only generates 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from divalign.eval.generations import Decoding, GenerationCache, generate, rende
 from divalign.feedback.constitution import load_constitution
 from divalign.feedback.judge import Judge, plain_text
 from divalign.feedback.labels import label_record
-from divalign.feedback.pairs import pairs_from_responses
+from divalign.feedback.pairs import as_json_prompt, pairs_from_responses, write_jsonl
 from divalign.models import check_causal_lm_folder, load_tokenizer
 from divalign.tracking import warn
 from divalign.trainers.options import DeviceOptions
@@ -81,16 +80,6 @@ class ConstitutionalConfig(DeviceOptions):
     """CPU threads for torch (0: torch's default)."""
     progress: bool = True
     """Show progress bars."""
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _as_json(prompt):
-    return [{"role": r, "content": c} for r, c in prompt] if isinstance(prompt, tuple) else prompt
 
 
 def run(config: ConstitutionalConfig) -> dict:
@@ -146,12 +135,12 @@ def run(config: ConstitutionalConfig) -> dict:
     empty = sum(not any(step["revision"] for step in steps) for steps in rounds)
     if empty:
         warn(f"{empty} of {len(prompts)} prompts got only empty revisions; their SFT example is the original response")
-    _write_jsonl(out / "transcripts.jsonl", [
-        {"prompt": _as_json(p), "response": o, "rounds": steps, "final": f}
+    write_jsonl(out / "transcripts.jsonl", [
+        {"prompt": as_json_prompt(p), "response": o, "rounds": steps, "final": f}
         for p, o, steps, f in zip(prompts, originals, rounds, current)])
-    sft_rows = [{"prompt": _as_json(p), "completion": f} for p, f in zip(prompts, current) if f]
-    _write_jsonl(out / "sft.jsonl", sft_rows)
-    _write_jsonl(out / "pairs.jsonl", pairs)
+    sft_rows = [{"prompt": as_json_prompt(p), "completion": f} for p, f in zip(prompts, current) if f]
+    write_jsonl(out / "sft.jsonl", sft_rows)
+    write_jsonl(out / "pairs.jsonl", pairs)
     decisive = sum("chosen" in row for row in pairs)
     print(f"wrote {len(sft_rows)} SFT examples to {out / 'sft.jsonl'} and {len(pairs)} pairs ({decisive} with a "
           f"preference) to {out / 'pairs.jsonl'}")
@@ -161,7 +150,7 @@ def run(config: ConstitutionalConfig) -> dict:
 def _pairs(config, constitution, model, tokenizer, prompts, originals, finals, rounds, common) -> list[dict]:
     """The RL stage's pairs (see ConstitutionalConfig.pairs)."""
     if config.pairs == "revision":
-        rows = [{"prompt": _as_json(p), "chosen": f, "rejected": o,
+        rows = [{"prompt": as_json_prompt(p), "chosen": f, "rejected": o,
                  "principles": [step["principle"] for step in steps]}
                 for p, o, f, steps in zip(prompts, originals, finals, rounds) if f and f != o]
         if len(rows) < len(prompts):
@@ -171,13 +160,13 @@ def _pairs(config, constitution, model, tokenizer, prompts, originals, finals, r
     sampled = Decoding(config.max_new_tokens, greedy=False, temperature=config.temperature, seed=config.seed + 1)
     both = generate(model, tokenizer, prompts, sampled, samples=2, desc="pairs", prompt_format=config.prompt_format,
                     **common)
-    pairs, same = pairs_from_responses([_as_json(p) for p in prompts], [r["response"] for r in both[0::2]],
+    pairs, same = pairs_from_responses([as_json_prompt(p) for p in prompts], [r["response"] for r in both[0::2]],
                                        [r["response"] for r in both[1::2]], config.model, config.model)
     if same:
         warn(f"{same} of {len(prompts)} prompts got the same response twice and have no pair")
     judge_model, judge_tokenizer = (model, tokenizer) if not config.judge else load_frozen(config.judge, config)
     judge = Judge(judge_model, judge_tokenizer, constitution.templates["comparison"], batch_size=config.batch_size)
-    index = {json.dumps(_as_json(p)): i for i, p in enumerate(prompts)}
+    index = {json.dumps(as_json_prompt(p)): i for i, p in enumerate(prompts)}
     drawn = [constitution.draw(config.seed, index[json.dumps(pair.prompt)], config.revisions) for pair in pairs]
     verdicts = judge.compare([pair.prompt for pair in pairs], [pair.response_a for pair in pairs],
                              [pair.response_b for pair in pairs], [{"principle": p.comparison} for p in drawn])

@@ -22,7 +22,13 @@ from divalign.eval.generations import Decoding, generate, render_prompt
 from divalign.feedback.agreement import summary
 from divalign.feedback.judge import DEFAULT_TEMPLATE, Judge, check_template, judge_pairs
 from divalign.feedback.labels import LabelFile
-from divalign.feedback.pairs import LabelPair, pairs_from_responses, read_label_pairs, write_label_pairs
+from divalign.feedback.pairs import (
+    LabelPair,
+    as_json_prompt,
+    pairs_from_responses,
+    read_label_pairs,
+    write_label_pairs,
+)
 from divalign.feedback.server import LabellingSession, serve
 from divalign.models import check_causal_lm_folder, load_tokenizer
 from divalign.tracking import warn
@@ -127,10 +133,6 @@ def judge_template(config: LabelConfig) -> str:
     return template
 
 
-def _as_json_prompt(prompt):
-    return [{"role": r, "content": c} for r, c in prompt] if isinstance(prompt, tuple) else prompt
-
-
 def generate_pairs(config: LabelConfig, path: Path) -> list[LabelPair]:
     """Responses of model A (and B) to the prompts, written to ``path`` as a pairs file."""
     examples = read_prompt_file(config.prompts, config.prompt_field, answers=False)[: config.prompts_limit]
@@ -157,7 +159,7 @@ def generate_pairs(config: LabelConfig, path: Path) -> list[LabelPair]:
             both = generate(model, tokenizer, prompts, sampled, samples=2, model_id=config.model_a,
                             desc="responses", **common)
             responses = [r["response"] for r in both[0::2]], [r["response"] for r in both[1::2]]
-    pairs, same = pairs_from_responses([_as_json_prompt(p) for p in prompts], *responses, config.model_a,
+    pairs, same = pairs_from_responses([as_json_prompt(p) for p in prompts], *responses, config.model_a,
                                        config.model_b or config.model_a)
     if same:
         warn(f"{same} of {len(prompts)} prompts got the same response twice and have no pair")

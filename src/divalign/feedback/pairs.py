@@ -83,13 +83,23 @@ def read_label_pairs(path: str | os.PathLike) -> list[LabelPair]:
     return pairs
 
 
-def write_label_pairs(pairs: list[LabelPair], path: str | os.PathLike) -> None:
-    """Write a pairs file (JSONL), atomically: a reader never sees half of it."""
+def as_json_prompt(prompt):
+    """A prompt as a JSON file holds it: a conversation read as (role, content) turns back to a list of messages."""
+    return [{"role": r, "content": c} for r, c in prompt] if isinstance(prompt, tuple) else prompt
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write a JSONL file atomically: a reader never sees half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(p.as_json(), ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_label_pairs(pairs: list[LabelPair], path: str | os.PathLike) -> None:
+    """Write a pairs file (JSONL), atomically."""
+    write_jsonl(path, [p.as_json() for p in pairs])
 
 
 def pairs_from_responses(prompts: list, responses_a: list[str], responses_b: list[str], model_a: str,
