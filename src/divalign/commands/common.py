@@ -164,3 +164,12 @@ def precision(config):
     come out in fp32)."""
     device = process_device(config.device)
     return autocast(device, resolve_dtype(config.dtype, device))
+
+
+def check_prompt_format(prompt_format: str) -> None:
+    """``--prompt-format`` must be a format string with one ``{prompt}`` field."""
+    try:
+        prompt_format.format(prompt="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"prompt-format: {prompt_format!r} is not a format with one {{prompt}} field "
+                        f"({type(exc).__name__}: {exc})") from None

@@ -16,6 +16,7 @@ import torch
 
 from divalign.commands.common import (
     check_output_dir,
+    check_prompt_format,
     configure_process,
     create_run_dir,
     load_frozen,
@@ -92,6 +93,7 @@ def run(config: ConstitutionalConfig) -> dict:
         raise UserError(f"pairs: expected one of {', '.join(PAIR_MODES)} (got '{config.pairs}')")
     if config.temperature <= 0:
         raise UserError(f"temperature must be > 0 (got {config.temperature})")
+    check_prompt_format(config.prompt_format)
     constitution = load_constitution(config.constitution or None)
     examples = read_prompt_file(config.prompts, config.prompt_field, answers=False)[: config.prompts_limit]
     judge_folder = config.judge or config.model

@@ -18,6 +18,7 @@ import torch
 from divalign import rewards
 from divalign.commands.common import (
     check_output_dir,
+    check_prompt_format,
     configure_process,
     create_run_dir,
     load_frozen,
@@ -157,11 +158,7 @@ def validate(config: EvalConfig) -> None:
         raise UserError("--model-b needs --judge-rm (a reward model that judges the win rate)")
     if config.calibration and not config.task:
         raise UserError("--calibration needs --task (answers that can be checked)")
-    try:
-        config.prompt_format.format(prompt="")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise UserError(f"prompt-format: {config.prompt_format!r} is not a format with one {{prompt}} field "
-                        f"({type(exc).__name__}: {exc})") from None
+    check_prompt_format(config.prompt_format)
 
 
 def run(config: EvalConfig) -> dict:

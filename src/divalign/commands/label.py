@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from divalign.commands.common import configure_process, load_frozen, positive, precision
+from divalign.commands.common import check_prompt_format, configure_process, load_frozen, positive, precision
 from divalign.data.prompts import read_prompt_file
 from divalign.errors import UserError
 from divalign.eval.generations import Decoding, generate, render_prompt
@@ -112,11 +112,7 @@ def validate(config: LabelConfig) -> None:
         raise UserError(f"port must be in [0, 65535] (got {config.port})")
     if config.temperature <= 0:
         raise UserError(f"temperature must be > 0 (got {config.temperature})")
-    try:
-        config.prompt_format.format(prompt="")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise UserError(f"prompt-format: {config.prompt_format!r} is not a format with one {{prompt}} field "
-                        f"({type(exc).__name__}: {exc})") from None
+    check_prompt_format(config.prompt_format)
 
 
 def judge_template(config: LabelConfig) -> str:
