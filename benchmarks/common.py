@@ -27,6 +27,16 @@ def apply_process_options(args) -> dict:
     return {"threads": args.threads, "allocator_keeps_freed": False if args.default_allocator else keep_freed_memory()}
 
 
+def emit(result: dict, out: str | None) -> None:
+    """Print a benchmark's JSON line and append it to ``out`` when given."""
+    import json
+
+    print(json.dumps(result), flush=True)
+    if out:
+        with open(out, "a") as handle:
+            handle.write(json.dumps(result) + "\n")
+
+
 def add_trl_checkpointing_option(parser) -> None:
     """--trl-checkpointing: TRL 1.16 turns gradient checkpointing on by default (GRPOConfig, DPOConfig), recomputing
     activations in its backward; the speed benchmarks turn it off unless asked, so both sides do the same

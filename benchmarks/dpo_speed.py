@@ -15,7 +15,6 @@ per-step ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import tempfile
@@ -27,6 +26,7 @@ from common import (
     add_process_options,
     add_trl_checkpointing_option,
     apply_process_options,
+    emit,
     speed_model,
 )
 
@@ -127,10 +127,7 @@ def main() -> None:
             "trl_gradient_checkpointing": args.trl_checkpointing,
             **run(precompute, args.steps, args.warmup, folder, pairs, workdir, args.compile, args.trl_checkpointing),
         }
-        print(json.dumps(result), flush=True)
-        if args.out:
-            with open(args.out, "a") as handle:
-                handle.write(json.dumps(result) + "\n")
+        emit(result, args.out)
 
 
 if __name__ == "__main__":

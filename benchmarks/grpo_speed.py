@@ -16,7 +16,6 @@ Writes a JSON line with the medians to stdout (and to --out if given).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import tempfile
@@ -29,6 +28,7 @@ from common import (
     add_trl_checkpointing_option,
     apply_process_options,
     apply_share_prompt_option,
+    emit,
     speed_model,
 )
 
@@ -136,10 +136,7 @@ def main() -> None:
         **timing.summary(args.warmup, ("generate_s", "score_s", "reference_s", "forward_backward_s", "optimizer_s")),
         "divalign_reward_last": timing.divalign_rows[-1]["reward_mean"],
     }
-    print(json.dumps(result))
-    if args.out:
-        with open(args.out, "a") as handle:
-            handle.write(json.dumps(result) + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ from common import (
     add_trl_checkpointing_option,
     apply_process_options,
     apply_share_prompt_option,
+    emit,
     realistic_model,
     synthetic_words,
 )
@@ -362,10 +363,7 @@ def main() -> None:
             result.update(memory(args, folder, workdir) if args.memory else interleaved(args, folder, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(result))
-    if args.out:
-        with open(args.out, "a") as handle:
-            handle.write(json.dumps(result) + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
