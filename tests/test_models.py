@@ -134,6 +134,18 @@ def test_lean_and_shared_prompt_logprobs_equal_the_hf_forward_in_value_and_gradi
         completion_logprobs(model, batch, group_size=3)
 
 
+def _policy_and_reference(tmp_path, kv_heads: int = 2, layers: int = 2):
+    """A tiny Llama, its tokenizer, and a frozen reference that differs from it (the policy's weights moved)."""
+    folder = write_tiny_model(tmp_path / "m", hidden_size=64, intermediate_size=96, num_layers=layers, num_heads=4,
+                              num_kv_heads=kv_heads, max_positions=64)
+    model, tok = load_causal_lm(folder)
+    reference = frozen_copy(model)
+    with torch.no_grad():  # make the two models differ
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return model, tok, reference
+
+
 @pytest.mark.parametrize("kv_heads,group,new_tokens,samples,layers",
                          [(2, 1, 7, 2, 2), (4, 1, 7, 2, 2), (2, 2, 7, 2, 2), (2, 2, 12, 2, 2), (2, 1, 7, 1, 2),
                           (2, 2, 12, 2, 1)])
@@ -145,13 +157,7 @@ def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_h
     attention slots up to MIN_SLOTS; those of 19 run as they are. With two samples per prompt the batch repeats
     its tokens enough for the first layer's norm and QKV product to run once per distinct token; with one it
     does not. With one layer, the first is also the last, which runs its MLP only for the predicting tokens."""
-    folder = write_tiny_model(tmp_path / "m", hidden_size=64, intermediate_size=96, num_layers=layers, num_heads=4,
-                              num_kv_heads=kv_heads, max_positions=64)
-    model, tok = load_causal_lm(folder)
-    reference = frozen_copy(model)
-    with torch.no_grad():  # make the two models differ
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    model, tok, reference = _policy_and_reference(tmp_path, kv_heads, layers)
     prompts = [tok(p)["input_ids"] for p in ["12+3=", "1+1=", "45-67="]]
     batch = make_sampler(model, tok).generate(prompts, new_tokens, seeds=[3, 4, 5],
                                               num_samples=samples).sequences()
@@ -188,13 +194,7 @@ def test_the_head_in_blocks_of_rows_equals_the_hf_forward(tmp_path, monkeypatch)
     forwards."""
     from divalign.models.llama import head
 
-    folder = write_tiny_model(tmp_path / "m", hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
-                              num_kv_heads=2, max_positions=64)
-    model, tok = load_causal_lm(folder)
-    reference = frozen_copy(model)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    model, tok, reference = _policy_and_reference(tmp_path)
     monkeypatch.setattr(head, "BLOCK_BYTES", 4 * model.config.vocab_size * 5)
     prompts = [tok(p)["input_ids"] for p in ["12+3=", "1+1=", "45-67="]]
     batch = make_sampler(model, tok).generate(prompts, 9, seeds=[3, 4, 5], num_samples=2).sequences()
