@@ -47,6 +47,10 @@ def test_small_demo_writes_every_artefact(tmp_path):
     assert "greedy pass@1" in proc.stdout and "SFT continued (control)" in proc.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
+    # the control ran beside RL in its own process, from the saved SFT model, and saved its own
+    control_rows = (out / "control" / "metrics.jsonl").read_text().splitlines()
+    assert len(control_rows) >= 1 and summary["seconds"]["control"] > 0
+    assert (out / "control" / "model" / "model.safetensors").exists()
     for png in ("reward.png", "kl.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from transformers import AutoModelForCausalLM, AutoTokenizer

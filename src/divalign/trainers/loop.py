@@ -7,6 +7,7 @@ import contextlib
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from divalign.checkpoint import atomic_directory, latest_checkpoint, load_state, save_checkpoint
@@ -74,13 +75,15 @@ def run_steps(
     resumed: bool = False,
     postfix_keys: tuple[str, ...] = ("reward_mean", "kl"),
     max_seconds: float | None = None,
+    stop: Callable[[], bool] | None = None,
     max_consecutive_skips: int = 3,
     trackers=None,
 ) -> list[dict]:
-    """Run ``trainer.step`` from ``start_step`` to ``total_steps`` (or until ``max_seconds`` of training time);
-    log, checkpoint, save the final model. With ``resumed`` the metrics log first drops rows after
-    ``start_step`` (all of them when a run restarts from step 0 for want of a checkpoint). Each row also goes to
-    ``trackers`` (:class:`divalign.tracking.Trackers`) when given.
+    """Run ``trainer.step`` from ``start_step`` to ``total_steps`` (or until ``max_seconds`` of training time, or
+    until ``stop()``, asked after each step, returns True); log, checkpoint, save the final model. With
+    ``resumed`` the metrics log first drops rows after ``start_step`` (all of them when a run restarts from step 0
+    for want of a checkpoint). Each row also goes to ``trackers`` (:class:`divalign.tracking.Trackers`) when
+    given.
 
     Every row goes through a :class:`~divalign.trainers.health.RunWatch`, which stops the run
     (:class:`~divalign.errors.RunFailed`) after ``max_consecutive_skips`` steps in a row without an update; then,
@@ -92,7 +95,7 @@ def run_steps(
     watch = RunWatch(max_consecutive_skips, len(trainer.tokenizer), console=main)
     rows = []
     bar = progress(
-        None if max_seconds else total_steps, initial=start_step, desc=Path(run_dir).name,
+        None if max_seconds or stop else total_steps, initial=start_step, desc=Path(run_dir).name,
         enabled=show_progress and main,
     )
     started, done = time.perf_counter(), start_step
@@ -119,6 +122,8 @@ def run_steps(
                                     model_state=weights)
                 engine.world.barrier()
             if max_seconds is not None and time.perf_counter() - started >= max_seconds:
+                break
+            if stop is not None and stop():
                 break
     finally:
         bar.close()
