@@ -4,13 +4,14 @@ The speed benchmarks (grpo_speed.py, dpo_speed.py) use a 0.5M-parameter model, w
 this one trains a randomly initialised Llama of a small real model's shape. Defaults: vocabulary 32,000, hidden 512,
 MLP 1536, 8 layers, 8 heads, 2 KV heads, untied output head (about 57M parameters); ``--shape deep`` is
 SmolLM-135M-like (hidden 576, MLP 1536, 30 layers, 9 heads, 3 KV heads, vocabulary 49,152, tied: about 135M);
---vocab, --hidden, --intermediate, --layers, --heads, --kv-heads and --tie/--no-tie change one dimension. Max
+``--shape tiny`` is the speed benchmarks' size (hidden 128, MLP 512, 2 layers, 4 heads, 2 KV heads, 88 entries:
+about 0.45M) with this script's word tokenizer; --vocab, --hidden, --intermediate, --layers, --heads, --kv-heads and --tie/--no-tie change one dimension. Max
 positions 2048 (or prompt + completion when longer). The tokenizer is a real ``tokenizers`` WordLevel tokenizer
 whose vocabulary is exactly the model's (<pad>, <s>, </s>, <unk> and synthetic letter words, one token per
 word), so every sampled id decodes; <s> starts every prompt. Prompts are ``--prompt-tokens`` tokens (default 32,
 <s> included) of random words, fp32 on both sides.
 
-GRPO (``--algo grpo``): the settings of grpo_speed.py at this shape: 4 prompts × 8 completions of at most
+GRPO (``--algo grpo``): the settings of grpo_speed.py at this shape: 4 prompts × 8 completions (``--group-size``) of at most
 ``--new-tokens`` tokens (default 64), temperature 1, β = 0.04 (a frozen reference on both sides), lr 1e-5, one
 update per batch, GRPO loss (per-sequence token mean). The reward (characters of the completion / 100) varies
 with the sampled words, so both sides really update, and falls when a completion ends early. Both sides stop a
@@ -78,7 +79,9 @@ SHAPES = {
                 "tie": False},
     "deep": {"vocab": 49152, "hidden": 576, "intermediate": 1536, "layers": 30, "heads": 9, "kv_heads": 3,
              "tie": True},
+    "tiny": {"vocab": 88, "hidden": 128, "intermediate": 512, "layers": 2, "heads": 4, "kv_heads": 2, "tie": False},
 }
+PROMPTS_PER_STEP = 4
 GRPO_PARTS = ("generate_s", "score_s", "reference_s", "forward_backward_s", "optimizer_s")
 DPO_PARTS = ("forward_backward_s", "optimizer_s")
 PROMPTS = 400
@@ -112,8 +115,9 @@ def grpo_divalign(folder: str, prompts: list[str], args):
     from divalign.rewards import PerSample
     from divalign.trainers.online import OnlineTrainer, RLConfig
 
-    config = build(RLConfig, {"model": folder, "objective": "grpo", "steps": args.steps, "prompts_per_step": 4,
-                              "num_generations": 8, "max_new_tokens": args.new_tokens, "temperature": 1.0,
+    config = build(RLConfig, {"model": folder, "objective": "grpo", "steps": args.steps,
+                              "prompts_per_step": PROMPTS_PER_STEP, "num_generations": args.group_size,
+                              "max_new_tokens": args.new_tokens, "temperature": 1.0,
                               "learning_rate": 1e-5, "grpo": {"beta": 0.04}, "progress": False,
                               "compile": args.compile})
     policy, tokenizer = load_causal_lm(folder)
@@ -131,7 +135,9 @@ def grpo_trl(folder: str, prompts: list[str], args, workdir: str, callbacks: lis
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
-    config = GRPOConfig(output_dir=os.path.join(workdir, "trl"), per_device_train_batch_size=32, num_generations=8,
+    config = GRPOConfig(output_dir=os.path.join(workdir, "trl"),
+                        per_device_train_batch_size=PROMPTS_PER_STEP * args.group_size,
+                        num_generations=args.group_size,
                         max_completion_length=args.new_tokens, temperature=1.0, beta=0.04, learning_rate=1e-5,
                         loss_type="grpo", num_iterations=1, gradient_accumulation_steps=1, max_steps=args.steps,
                         gradient_checkpointing=args.trl_checkpointing, **TRL_CPU_QUIET)
@@ -258,6 +264,7 @@ def child_argv(args, side: str, folder: str) -> list[str]:
     argv = [sys.executable, os.path.abspath(__file__), "--only", side, "--folder", folder, "--algo", args.algo,
             "--vocab", str(args.vocab), "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--new-tokens", str(args.new_tokens), "--prompt-tokens", str(args.prompt_tokens),
+            "--group-size", str(args.group_size),
             "--threads", str(args.threads), "--share-prompt", args.share_prompt]
     return (argv + ["--default-allocator"] * args.default_allocator + ["--compile"] * args.compile
             + ["--trl-checkpointing"] * args.trl_checkpointing)
@@ -285,7 +292,8 @@ def memory(args, folder: str, workdir: str) -> dict:
         print(f"{side}: peak {peaks[side]:.0f} MiB, {runs[side]['step_ms_median']:.0f} ms/step", file=sys.stderr,
               flush=True)
     result = {"peak_rss_mib": peaks, "peak_ratio": peaks["divalign"] / peaks["trl"],
-              "step_ms_median": {side: run["step_ms_median"] for side, run in runs.items()}}
+              "step_ms_median": {side: run["step_ms_median"] for side, run in runs.items()},
+              "divalign_parts_ms": runs["divalign"]["divalign_parts_ms"]}
     if args.algo == "grpo":
         result["completion_length_mean"] = {side: run["completion_length_mean"] for side, run in runs.items()}
     return result
@@ -304,7 +312,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", choices=("grpo", "dpo"), default="grpo")
     parser.add_argument("--shape", choices=tuple(SHAPES), default="default",
-                        help="default: 57M parameters, 8 layers; deep: SmolLM-135M-like, 30 layers, tied")
+                        help="default: 57M parameters, 8 layers; deep: SmolLM-135M-like, 30 layers, tied; "
+                             "tiny: the speed benchmarks' 0.45M")
     parser.add_argument("--vocab", type=int, default=None)
     parser.add_argument("--hidden", type=int, default=None)
     parser.add_argument("--intermediate", type=int, default=None, help="MLP width")
@@ -316,6 +325,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64,
                         help="GRPO: completion budget; DPO: chosen and rejected length, </s> included")
     parser.add_argument("--prompt-tokens", type=int, default=32, help="prompt length, <s> included")
+    parser.add_argument("--group-size", type=int, default=8, help="GRPO: completions per prompt (4 prompts a step)")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2, help="leading steps left out of the medians")
     add_process_options(parser)
@@ -335,8 +345,8 @@ def main() -> None:
         args.only = "divalign"
     if args.steps <= args.warmup and not (args.memory or args.only):
         parser.error("--steps must be larger than --warmup (the medians leave the warm-up steps out)")
-    if args.prompt_tokens < 2 or args.new_tokens < 2:
-        parser.error("--prompt-tokens and --new-tokens must be at least 2")
+    if min(args.prompt_tokens, args.new_tokens, args.group_size) < 2:
+        parser.error("--prompt-tokens, --new-tokens and --group-size must be at least 2")
     dims = shape(args)
     process = apply_process_options(args)
     apply_share_prompt_option(args)
@@ -356,7 +366,8 @@ def main() -> None:
                   "steps": args.steps, "warmup": args.warmup, **process, "divalign_compile": args.compile,
                   "trl_gradient_checkpointing": args.trl_checkpointing}
         if args.algo == "grpo":
-            result["share_prompt"] = args.share_prompt
+            result.update(share_prompt=args.share_prompt, prompts_per_step=PROMPTS_PER_STEP,
+                          group_size=args.group_size)
         if args.alone:
             result.update(alone(args, folder, workdir))
         else:
