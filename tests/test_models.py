@@ -188,14 +188,19 @@ def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_h
         torch.testing.assert_close(p.grad, g_ref, atol=1e-5, rtol=1e-4)
 
 
-def test_the_head_in_blocks_of_rows_equals_the_hf_forward(tmp_path, monkeypatch):
-    """The output head runs a few rows at a time (models.llama.head): with blocks of 5 rows, the policy's
+@pytest.mark.parametrize("blocks", ["head rows", "attention entries"])
+def test_the_pass_in_small_blocks_equals_the_hf_forward(tmp_path, monkeypatch, blocks):
+    """The output head runs a few rows at a time (models.llama.head) and attention a few head-major entries at a
+    time (models.llama.train): with blocks of 5 head rows, or of one attention entry, the policy's
     log-probabilities, entropies and gradients and the reference's log-probabilities equal unshared Hugging Face
     forwards."""
-    from divalign.models.llama import head
+    from divalign.models.llama import head, train
 
     model, tok, reference = _policy_and_reference(tmp_path)
-    monkeypatch.setattr(head, "BLOCK_BYTES", 4 * model.config.vocab_size * 5)
+    if blocks == "head rows":
+        monkeypatch.setattr(head, "BLOCK_BYTES", 4 * model.config.vocab_size * 5)
+    else:
+        monkeypatch.setattr(train, "ATTENTION_BLOCK_BYTES", 1)
     prompts = [tok(p)["input_ids"] for p in ["12+3=", "1+1=", "45-67="]]
     batch = make_sampler(model, tok).generate(prompts, 9, seeds=[3, 4, 5], num_samples=2).sequences()
     weights = torch.randn(batch.completion_mask.shape)

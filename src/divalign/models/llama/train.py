@@ -19,6 +19,12 @@ of the model's own parameters, so the optimizer, checkpoints and saved folders s
   of them distinct, as with character-level and other small vocabularies), they run once per distinct token and
   their gradients are summed per distinct token before the weight gradient and the norm's backward
   (:class:`_DistinctTokens`).
+* Attention runs a block of head-major entries at a time (:func:`_attention_forward`, :func:`_attention_backward`):
+  each block's scores turn into probabilities, and their gradient into the scores', in place while still in
+  cache; of the (entries × slots × slots) tensors only the attention bias (once per pass) and the policy's
+  probabilities, which the backward needs, are allocated whole. Long completions otherwise made several such
+  tensors per layer, each above the allocator's mmap threshold (:mod:`divalign.allocator`) and so fresh pages to
+  zero every time.
 * The final norm, the output head and the log-probabilities are one more node (:mod:`divalign.models.llama.head`).
 
 Values and gradients equal the Hugging Face forward's (tests); what the pass is worth is in BENCHMARKS.md ("Figures
@@ -38,6 +44,9 @@ from divalign.models.llama import norm
 from divalign.models.llama.head import token_logprobs
 from divalign.models.llama.layout import TokenLayout, token_layout
 from divalign.models.llama.weights import LlamaDims, LlamaParams, rope_table
+
+#: the largest block of fp32 attention scores computed at once (see :func:`_attention_forward`)
+ATTENTION_BLOCK_BYTES = 2 << 20
 
 #: per layer, in the order of :meth:`LayerParams.tensors`: attention norm gain, q, k, v, o, MLP norm gain, gate, up,
 #: down
@@ -169,6 +178,50 @@ def _gather_rows(t: Tensor, index: Tensor, models: int, width: int) -> Tensor:
     return t.reshape(models, -1, width).index_select(1, index)
 
 
+def _block_entries(queries: int, length: int) -> int:
+    """How many head-major entries (each ``queries`` × ``length`` fp32 scores) one attention block holds."""
+    return max(1, ATTENTION_BLOCK_BYTES // (4 * queries * length))
+
+
+def _attention_forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float, kept: int) -> tuple[Tensor, Tensor]:
+    """softmax(q kᵀ·scale + bias) v over head-major entries (batch, queries, D), a block of
+    :data:`ATTENTION_BLOCK_BYTES` of scores at a time: each block's scores become probabilities in place and meet v
+    while still in cache, and no (batch × queries × length) tensor is allocated beyond the probabilities of the first
+    ``kept`` entries (model 0's), which the backward needs. Returns the output and those probabilities."""
+    batch, queries, length = q.shape[0], q.shape[1], k.shape[1]
+    out = q.new_empty(batch, queries, v.shape[2])
+    probs = q.new_empty(kept, queries, length)
+    step = _block_entries(queries, length)
+    scratch = q.new_empty(min(step, batch - kept), queries, length) if batch > kept else None
+    for first, last in ((0, kept), (kept, batch)):
+        for start in range(first, last, step):
+            end = min(last, start + step)
+            scores = probs[start:end] if last == kept else scratch[: end - start]
+            torch.baddbmm(bias[start:end], q[start:end], k[start:end].transpose(1, 2), alpha=scale, out=scores)
+            torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+            torch.bmm(scores, v[start:end], out=out[start:end])
+    return out, probs
+
+
+def _attention_backward(d_out: Tensor, q: Tensor, k: Tensor, v: Tensor, probs: Tensor, scale: float
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients of q, k and v through :func:`_attention_forward` (per head-major entry), from the output's
+    gradient, in the same blocks: the probabilities' gradient becomes the scores' in place."""
+    batch, queries, length = probs.shape
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    step = _block_entries(queries, length)
+    scratch = probs.new_empty(min(step, batch), queries, length)
+    for start in range(0, batch, step):
+        end = min(batch, start + step)
+        d_scores = torch.bmm(d_out[start:end], v[start:end].transpose(1, 2), out=scratch[: end - start])
+        torch.bmm(probs[start:end].transpose(1, 2), d_out[start:end], out=dv[start:end])
+        torch.ops.aten._softmax_backward_data.out(d_scores, probs[start:end], -1, probs.dtype, grad_input=d_scores)
+        d_scores.mul_(scale)
+        torch.bmm(d_scores, k[start:end], out=dq[start:end])
+        torch.bmm(d_scores.transpose(1, 2), q[start:end], out=dk[start:end])
+    return dq, dk, dv
+
+
 def _layers_forward(dims: LlamaDims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bias: Tensor, weights,
                     layout: TokenLayout, outputs: Tensor | None = None):
     """The decoder layers on x (M, R, H), the tokens of ``layout``, M models stacked, each layer's weights stacked
@@ -196,9 +249,9 @@ def _layers_forward(dims: LlamaDims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bi
         q = _gather_rows(qk, index.query, models, d).view(-1, rep * length, d)
         k = _gather_rows(qk, index.key, models, d).view(-1, length, d)
         v = _gather_rows(qkv, index.value, models, d).view(-1, length, d)
-        probs = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=dims.scale), dim=-1)
+        mixed, probs = _attention_forward(q, k, v, bias, dims.scale, rows)
         att_rows = index.output if kept is None else index.output.view(tokens, hq)[kept].reshape(-1)
-        att = _gather_rows(torch.bmm(probs, v), att_rows, models, d).view(models, -1, qd)
+        att = _gather_rows(mixed, att_rows, models, d).view(models, -1, qd)
         x2 = torch.baddbmm(x if kept is None else x[:, kept], att, w_o.transpose(1, 2))
         normed2, r2 = norm.normalize(x2, dims.eps)
         a2 = normed2 * gain2
@@ -206,7 +259,7 @@ def _layers_forward(dims: LlamaDims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bi
         act = F.silu(gate)
         h = act * up
         x = torch.baddbmm(x2, h, w_down.transpose(1, 2))
-        saved.append((normed1[0], r1[0], a1[0], q[:rows], k[:rows], v[:rows], probs[:rows], att[0], normed2[0],
+        saved.append((normed1[0], r1[0], a1[0], q[:rows], k[:rows], v[:rows], probs, att[0], normed2[0],
                       r2[0], a2[0], gate[0], up[0], act[0], h[0], kept, att_rows, distinct))
     return x, saved
 
@@ -234,14 +287,10 @@ def _layers_backward(dims: LlamaDims, g: Tensor, cos: Tensor, sin_bwd: Tensor, s
         # attention: x2 = x + softmax(q kᵀ/√D + bias) v @ oᵀ
         d_o = g.t() @ att
         d_att = g.new_zeros(probs.shape[0] * rep * length, d).index_copy_(0, att_rows, (g @ w_o[0]).view(-1, d))
-        d_att = d_att.view(-1, rep * length, d)
-        d_probs = torch.bmm(d_att, v.transpose(1, 2))
-        dv = torch.bmm(probs.transpose(1, 2), d_att)
-        d_scores = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype) * dims.scale
+        dq, dk, dv = _attention_backward(d_att.view(-1, rep * length, d), q, k, v, probs, dims.scale)
         # a query is read only from its own slot; a key or value from every slot that reads its token
-        dq = torch.bmm(d_scores, k).view(-1, d).index_select(0, index.output).view(tokens, hq, d)
-        dk = torch.bmm(d_scores.transpose(1, 2), q).view(-1, d)
-        dk = g.new_zeros(tokens * hk, d).index_add_(0, index.key_grad, dk)
+        dq = dq.view(-1, d).index_select(0, index.output).view(tokens, hq, d)
+        dk = g.new_zeros(tokens * hk, d).index_add_(0, index.key_grad, dk.view(-1, d))
         dv = g.new_zeros(tokens * hk, d).index_add_(0, index.key_grad, dv.view(-1, d))
         d_qk = torch.cat([dq, dk.view(tokens, hk, d)], dim=1)
         d_qkv = torch.cat([_unrotate(d_qk, cos, sin_bwd).flatten(1), dv.view(tokens, hk * d)], -1)
