@@ -5,7 +5,9 @@ this one trains a randomly initialised Llama of a small real model's shape. Defa
 MLP 1536, 8 layers, 8 heads, 2 KV heads, untied output head (about 57M parameters); ``--shape deep`` is
 SmolLM-135M-like (hidden 576, MLP 1536, 30 layers, 9 heads, 3 KV heads, vocabulary 49,152, tied: about 135M);
 ``--shape tiny`` is the speed benchmarks' size (hidden 128, MLP 512, 2 layers, 4 heads, 2 KV heads, 88 entries:
-about 0.45M) with this script's word tokenizer; --vocab, --hidden, --intermediate, --layers, --heads, --kv-heads and --tie/--no-tie change one dimension. Max
+about 0.51M) with this script's word tokenizer; ``--shape qwen0.5b`` has Qwen2.5-0.5B's dimensions (hidden 896, MLP
+4864, 24 layers, 14 heads, 2 KV heads, vocabulary 151,936, tied: about 494M, as a Llama: no attention biases);
+--vocab, --hidden, --intermediate, --layers, --heads, --kv-heads and --tie/--no-tie change one dimension. Max
 positions 2048 (or prompt + completion when longer). The tokenizer is a real ``tokenizers`` WordLevel tokenizer
 whose vocabulary is exactly the model's (<pad>, <s>, </s>, <unk> and synthetic letter words, one token per
 word), so every sampled id decodes; <s> starts every prompt. Prompts are ``--prompt-tokens`` tokens (default 32,
@@ -80,6 +82,8 @@ SHAPES = {
     "deep": {"vocab": 49152, "hidden": 576, "intermediate": 1536, "layers": 30, "heads": 9, "kv_heads": 3,
              "tie": True},
     "tiny": {"vocab": 88, "hidden": 128, "intermediate": 512, "layers": 2, "heads": 4, "kv_heads": 2, "tie": False},
+    "qwen0.5b": {"vocab": 151936, "hidden": 896, "intermediate": 4864, "layers": 24, "heads": 14, "kv_heads": 2,
+                 "tie": True},
 }
 PROMPTS_PER_STEP = 4
 GRPO_PARTS = ("generate_s", "score_s", "reference_s", "forward_backward_s", "optimizer_s")
@@ -313,7 +317,7 @@ def main() -> None:
     parser.add_argument("--algo", choices=("grpo", "dpo"), default="grpo")
     parser.add_argument("--shape", choices=tuple(SHAPES), default="default",
                         help="default: 57M parameters, 8 layers; deep: SmolLM-135M-like, 30 layers, tied; "
-                             "tiny: the speed benchmarks' 0.45M")
+                             "tiny: the speed benchmarks' 0.5M; qwen0.5b: Qwen2.5-0.5B's dimensions")
     parser.add_argument("--vocab", type=int, default=None)
     parser.add_argument("--hidden", type=int, default=None)
     parser.add_argument("--intermediate", type=int, default=None, help="MLP width")

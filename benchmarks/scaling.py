@@ -3,7 +3,7 @@ divalign and TRL, each point next to its arithmetic floor.
 
 One axis moves at a time around the centre (the 57M-parameter shape of realistic_speed.py, 4 prompts × 8
 completions, 64 new tokens, 32-token prompts): completion length 16, 64, 256; group size 4, 8, 16; model size
-``tiny`` (0.45M), ``default`` (57M), ``deep`` (135M). Each point is ``realistic_speed.py --algo grpo --memory``: TRL
+``tiny`` (0.51M), ``default`` (57M), ``deep`` (135M). Each point is ``realistic_speed.py --algo grpo --memory``: TRL
 alone, then divalign alone, each in a process of its own, giving the median step time after a warm-up step and
 the peak resident memory of the whole process (Python, libraries and model included).
 

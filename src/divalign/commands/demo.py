@@ -4,8 +4,8 @@
    arithmetic demonstrations until it is partially skilled (the "before" model).
 2. From there, online RL (f-GRPO by default) on fresh training prompts scored only by the verifier.
 3. Control: from the same SFT model, SFT continued on the same demonstrations for the same wall time, in a process
-   of its own beside RL, each with half the threads (the steps of so small a model use two cores poorly, so two
-   runs side by side take less time than one after the other).
+   of its own beside RL, each with half the threads (a step of so small a model gains well under 2× from a second
+   thread, so two runs side by side end sooner than one after the other).
 4. Evaluate all three on the same held-out problems (greedy pass@1, sampled pass@k, mean reward), print a
    table and write ``summary.json``, the metrics, the models and plots into the output folder.
 """
@@ -71,8 +71,7 @@ class DemoConfig:
     pass_k: int = 8
     """k of the sampled pass@k column."""
     control: bool = True
-    """Also train the SFT control for the same time as RL, beside it: each then gets half the threads (RL's
-    result depends on its thread count, so it differs with --no-control)."""
+    """Also train the SFT control for the same time as RL, beside it: each then gets half the threads."""
     threads: int = 0
     """CPU threads for torch (0: torch's default); RL and the control share them."""
     progress: bool = True
