@@ -169,12 +169,7 @@ def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_h
     assert layout.predicting.shape == batch.completion_mask.shape
     weights = torch.randn(batch.completion_mask.shape)
 
-    configure(model, fast_path=False)
-    expected = completion_logprobs(model, batch, temperature=0.8)[0]
-    (expected * weights).sum().backward()
-    expected_grads = [p.grad.clone() for p in model.parameters()]
-    with torch.no_grad():
-        expected_ref = completion_logprobs(hf_forward(reference), batch, temperature=0.8)[0]
+    expected, _, expected_grads, expected_ref = _hf_expectations(model, reference, batch, weights)
 
     configure(model)
     model.zero_grad()
@@ -186,6 +181,19 @@ def test_reference_in_the_policy_pass_equals_separate_hf_forwards(tmp_path, kv_h
     assert all(p.grad is None for p in reference.parameters())
     for p, g_ref in zip(model.parameters(), expected_grads):
         torch.testing.assert_close(p.grad, g_ref, atol=1e-5, rtol=1e-4)
+
+
+def _hf_expectations(model, reference, batch, weights, with_entropy=False):
+    """What the fast pass must reproduce, from the Hugging Face forwards at temperature 0.8: the policy's
+    log-probabilities (and entropies), the gradients of sum(weights · log-probabilities) and the reference's
+    log-probabilities. Leaves the gradients on the model; switches it to the Hugging Face forward."""
+    configure(model, fast_path=False)
+    logprobs, entropy = completion_logprobs(model, batch, temperature=0.8, with_entropy=with_entropy)
+    (logprobs * weights).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    with torch.no_grad():
+        reference_logprobs = completion_logprobs(hf_forward(reference), batch, temperature=0.8)[0]
+    return logprobs, entropy, grads, reference_logprobs
 
 
 @pytest.mark.parametrize("blocks", ["head rows", "attention entries"])
@@ -204,12 +212,8 @@ def test_the_pass_in_small_blocks_equals_the_hf_forward(tmp_path, monkeypatch, b
     prompts = [tok(p)["input_ids"] for p in ["12+3=", "1+1=", "45-67="]]
     batch = make_sampler(model, tok).generate(prompts, 9, seeds=[3, 4, 5], num_samples=2).sequences()
     weights = torch.randn(batch.completion_mask.shape)
-    configure(model, fast_path=False)
-    expected, expected_entropy = completion_logprobs(model, batch, temperature=0.8, with_entropy=True)
-    (expected * weights).sum().backward()
-    expected_grads = [p.grad.clone() for p in model.parameters()]
-    with torch.no_grad():
-        expected_ref = completion_logprobs(hf_forward(reference), batch, temperature=0.8)[0]
+    expected, expected_entropy, expected_grads, expected_ref = _hf_expectations(model, reference, batch, weights,
+                                                                                 with_entropy=True)
     configure(model)
     model.zero_grad()
     out = completion_forward(model, batch, temperature=0.8, with_entropy=True, reference=reference)
