@@ -67,6 +67,12 @@ def key_of(row: dict) -> tuple:
     return row["shape"]["preset"], row["new_tokens"], row["group_size"]
 
 
+def row_at(rows: list[dict], key: str, value) -> dict | None:
+    """The measured row of the point that moves ``key`` of :data:`CENTRE` to ``value``, if any."""
+    point = tuple({**CENTRE, key: value}.values())
+    return next((r for r in rows if key_of(r) == point), None)
+
+
 # ---------------------------------------------------------------------------------------------------- arithmetic
 def step_arithmetic(dims: dict, group_size: int, new_tokens: int, prompts: int = PROMPTS_PER_STEP,
                     prompt_tokens: int = PROMPT_TOKENS) -> dict:
@@ -144,8 +150,7 @@ def table(rows: list[dict], rates: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for axis, (key, values) in AXES.items():
         for value in values:
-            point = {**CENTRE, key: value}
-            row = next((r for r in rows if key_of(r) == tuple(point.values())), None)
+            row = row_at(rows, key, value)
             if row is None:
                 continue
             floor = floor_seconds(row, rates)
@@ -170,8 +175,7 @@ def plot(rows: list[dict], rates: dict, path: str) -> None:
 
     fig, axes = plt.subplots(2, len(AXES), figsize=(12, 6.5), dpi=110)
     for column, (axis, (key, values)) in enumerate(AXES.items()):
-        chosen = [next((r for r in rows if key_of(r) == tuple({**CENTRE, key: v}.values())), None) for v in values]
-        chosen = [r for r in chosen if r is not None]
+        chosen = [r for r in (row_at(rows, key, v) for v in values) if r is not None]
         if not chosen:
             continue
         xs = [r["parameters"] / 1e6 if key == "shape" else r[key] for r in chosen]

@@ -107,7 +107,7 @@ def rl_config(config: DemoConfig, run_dir: Path) -> RLConfig:
     )
 
 
-def sft_config(config: DemoConfig, steps: int, progress: bool | None = None) -> SFTConfig:
+def sft_config(config: DemoConfig, steps: int) -> SFTConfig:
     return SFTConfig(
         batch_size=config.sft_batch_size,
         learning_rate=config.sft_learning_rate,
@@ -116,7 +116,7 @@ def sft_config(config: DemoConfig, steps: int, progress: bool | None = None) -> 
         warmup_steps=20,
         max_length=32,
         seed=config.seed,
-        progress=config.progress if progress is None else progress,
+        progress=config.progress,
     )
 
 
@@ -165,12 +165,12 @@ class ControlProcess:
 
 def continue_sft(config: dict, out: str, threads: int, ready, stop, seconds) -> None:
     """The body of :class:`ControlProcess`."""
-    demo = DemoConfig(**config)
+    demo = DemoConfig(**{**config, "progress": False})  # the parent's progress bar is RL's
     configure_process(threads, progress=False)
     _, demos = task_and_demonstrations(demo)
     model, tokenizer = load_causal_lm(Path(out) / "sft" / FINAL_MODEL)
     model.requires_grad_(True).train()
-    trainer = SFTTrainer(model, tokenizer, demos, sft_config(demo, 10**9, progress=False))
+    trainer = SFTTrainer(model, tokenizer, demos, sft_config(demo, 10**9))
     ready.set()
     t0 = time.perf_counter()
     run_steps(trainer, Path(out) / "control", 10**9, show_progress=False, stop=stop.is_set)
