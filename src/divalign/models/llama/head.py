@@ -6,13 +6,16 @@ hidden states, for the real completion tokens only, in one node whose backward i
 gradient (one-hot minus softmax), the head and the RMSNorm. The entropy of each next-token distribution and the
 reference's log-probabilities come from the same pass, without gradient.
 
-The logits are computed a block of rows at a time, each block at most :data:`BLOCK_BYTES` (below the allocator's
-mmap threshold, :mod:`divalign.allocator`, so the same memory serves every block and every step instead of fresh
-pages the kernel must zero), and never held whole: a pass without gradient (the reference, scoring) keeps only
-each row's log-probability and log-normaliser, and a training pass writes each block's probabilities straight
-into the one (tokens × vocabulary) buffer its backward needs, where the backward then forms the logits' gradient in
-place. Recomputing the logits in the backward instead of keeping the probabilities saves that buffer but costs a
-third product with the head, which was measured slower (BENCHMARKS.md, "Speed at a real model's shape").
+A training pass computes all its logits with one product, straight into the one (tokens × vocabulary) buffer its
+backward needs, turns them into log-probabilities and then probabilities there in place, a block of rows at a
+time, and the backward forms the logits' gradient in that buffer in place too. A pass without gradient (the
+reference, scoring) never holds its logits whole: it computes them a block of rows at a time into one scratch
+buffer and keeps only each row's log-probability (and entropy). A block is at most :data:`BLOCK_BYTES` (below the allocator's mmap threshold,
+:mod:`divalign.allocator`, so the same memory serves every block and every step instead of fresh pages the kernel
+must zero) but never fewer than :data:`MIN_BLOCK_ROWS` rows: a product of a hundred-odd rows with a large head ran
+at half the rate of one of a thousand. Recomputing the logits in the backward instead of keeping the probabilities
+saves the training pass's buffer but costs a third product with the head, which was measured slower. Figures for
+both: BENCHMARKS.md, "Speed at a real model's shape".
 """
 
 from __future__ import annotations
@@ -21,37 +24,56 @@ import torch
 from torch import Tensor
 
 from divalign.models.llama import norm
-from divalign.models.logprobs import entropy_of, log_softmax_at
 
-#: the largest block of fp32 logits computed at once
+#: the largest block of fp32 logits computed at once, unless that is fewer than :data:`MIN_BLOCK_ROWS` rows
 BLOCK_BYTES = 16 << 20
+#: the fewest rows of logits computed at once (the head's product runs slowly on fewer)
+MIN_BLOCK_ROWS = 256
 
 
 def _block_rows(vocab: int) -> int:
-    return max(1, BLOCK_BYTES // (4 * vocab))
+    return max(MIN_BLOCK_ROWS, BLOCK_BYTES // (4 * vocab))
 
 
-def _block_logits(scaled: Tensor, weight: Tensor, temperature: float) -> Tensor:
-    logits = (scaled @ weight.t()).float()
-    return logits.div_(temperature) if temperature != 1.0 else logits
+def _logits_into(out: Tensor, scaled: Tensor, weight: Tensor, temperature: float) -> Tensor:
+    """``out`` (rows, V), fp32 ← scaled @ weightᵀ / temperature."""
+    if out.dtype == weight.dtype:
+        torch.mm(scaled, weight.t(), out=out)
+    else:
+        out.copy_(scaled @ weight.t())
+    return out.div_(temperature) if temperature != 1.0 else out
 
 
 def _forward_blocks(scaled: Tensor, tokens: Tensor, weight: Tensor, temperature: float, with_entropy: bool,
                     probs: Tensor | None = None):
     """log-probabilities at ``tokens`` and entropies (or None) of the rows of ``scaled``; with ``probs`` (rows, V),
-    the probabilities are written into it."""
-    rows = scaled.shape[0]
+    the probabilities are written into it.
+
+    Each block of logits becomes its log-softmax in place (one fused kernel, exact), read at the tokens; the entropy
+    is −Σ p·log p; the probabilities, when kept, are exp of the log-softmax, again in place."""
+    rows, vocab = scaled.shape[0], weight.shape[0]
     logp = scaled.new_empty(rows, dtype=torch.float32)
     entropy = torch.empty_like(logp) if with_entropy else None
-    step = _block_rows(weight.shape[0])
+    step = _block_rows(vocab)
+    if probs is None:
+        scratch = scaled.new_empty(min(rows, step), vocab, dtype=torch.float32)
+    else:  # one product: a whole one ran faster than in blocks
+        _logits_into(probs, scaled, weight, temperature)
     for start in range(0, rows, step):
         block = slice(start, start + step)
-        logits = _block_logits(scaled[block], weight, temperature)
-        logp[block], log_z = log_softmax_at(logits, tokens[block])
-        if probs is not None:
-            torch.exp(logits - log_z[:, None], out=probs[block])
+        if probs is None:
+            log_p = _logits_into(scratch[: len(tokens[block])], scaled[block], weight, temperature)
+        else:
+            log_p = probs[block]
+        torch.ops.aten._log_softmax.out(log_p, 1, False, out=log_p)
+        logp[block] = log_p.gather(1, tokens[block, None]).squeeze(1)
         if with_entropy:
-            entropy[block] = entropy_of(logits, log_z, None if probs is None else probs[block])
+            block_probs = torch.exp(log_p)
+            entropy[block] = -torch.linalg.vecdot(block_probs, log_p)
+            if probs is not None:
+                log_p.copy_(block_probs)
+        elif probs is not None:
+            log_p.exp_()
     return logp, entropy
 
 
