@@ -329,41 +329,55 @@ def _fuse(params: list[Tensor]) -> list[tuple[Tensor, ...]]:
     return out
 
 
+def _fused_shapes(layer) -> list[tuple[int, ...]]:
+    """The shapes of :func:`_fuse`'s tensors for one :class:`LayerParams`, without the model axis."""
+    hidden = layer.attn_norm.shape[0]
+    return [(1, hidden), (layer.q.shape[0] + layer.k.shape[0] + layer.v.shape[0], hidden), tuple(layer.o.shape),
+            (1, hidden), (layer.gate.shape[0] + layer.up.shape[0], hidden), tuple(layer.down.shape)]
+
+
 class _PairWeights:
-    """A policy's and its frozen reference's fused weights (as :func:`_fuse`) in buffers with a leading model axis
-    of 2, kept per reference. The reference's half is rewritten only when one of its parameters changed in place;
-    the policy's on every forward, straight into its half (no stacking pass). ``owner`` names the forward whose
-    policy weights the buffers hold, so a backward can tell whether they are still its own."""
+    """A policy's and its frozen reference's fused weights (the layout of :func:`_fuse`) in buffers with a leading
+    model axis of 2, kept per reference. The reference's half holds the reference's weights themselves: its layer
+    parameters become views of it (each a contiguous block), so they are held once and an in-place change to them
+    is seen by the next pass; a parameter replaced by another tensor since is copied in and viewed again. Saving
+    such a reference with ``save_pretrained`` sees tensors that share memory: save a copy. The policy's half is
+    rewritten on every forward, straight into it (no stacking pass). ``owner`` names the forward whose policy
+    weights the buffers hold, so a backward can tell whether they are still its own."""
 
     def __init__(self, reference: LlamaParams):
-        self.reference_params = [t.detach() for t in reference.layer_tensors()]
-        fused = _fuse(self.reference_params)
-        self.layers = [tuple(w.new_empty((2, *w.shape[1:])) for w in layer) for layer in fused]
-        self.versions: tuple | None = None
+        self.reference_params = reference.layer_tensors()
+        like = self.reference_params[0]
+        self.layers = [tuple(like.new_empty((2, *shape)) for shape in _fused_shapes(layer))
+                       for layer in reference.layers]
+        self.policy_views, self.reference_views = self._views(0), self._views(1)
         self.owner: object | None = None
+        self._view_reference()
+
+    def _views(self, slot: int) -> list[Tensor]:
+        """Per parameter of :meth:`LlamaParams.layer_tensors`, its block of the buffers' half ``slot``: q, k, v
+        (and gate, up) are row ranges of one buffer."""
+        views = []
+        for i, (gain1, qkv, o, gain2, gate_up, down) in enumerate(self.layers):
+            q_rows, k_rows = (t.shape[0] for t in self.reference_params[i * _PER_LAYER + 1: i * _PER_LAYER + 3])
+            views += [gain1[slot, 0], qkv[slot, :q_rows], qkv[slot, q_rows:q_rows + k_rows],
+                      qkv[slot, q_rows + k_rows:], o[slot], gain2[slot, 0], gate_up[slot, : down.shape[2]],
+                      gate_up[slot, down.shape[2]:], down[slot]]
+        return views
+
+    @torch.no_grad()
+    def _view_reference(self) -> None:
+        for view, param in zip(self.reference_views, self.reference_params):
+            view.copy_(param)
+            param.data = view
+        self.pointers = [t.data_ptr() for t in self.reference_params]
 
     def fill(self, params) -> object:
-        versions = tuple(t._version for t in self.reference_params)
-        if versions != self.versions:
-            self._write(self.reference_params, 1)
-            self.versions = versions
-        self._write(params, 0)
+        if [t.data_ptr() for t in self.reference_params] != self.pointers:
+            self._view_reference()
+        torch._foreach_copy_(self.policy_views, [t.detach() for t in params])
         self.owner = object()
         return self.owner
-
-    def _write(self, params, slot: int) -> None:
-        """One ``_foreach_copy_`` for all weights: q, k, v (and gate, up) go to row ranges of their buffer."""
-        targets = []
-        q_rows, k_rows = self._q_k_rows
-        for gain1, qkv, o, gain2, gate_up, down in self.layers:
-            targets += [gain1[slot, 0], qkv[slot, :q_rows], qkv[slot, q_rows:q_rows + k_rows],
-                        qkv[slot, q_rows + k_rows:], o[slot], gain2[slot, 0], gate_up[slot, : down.shape[2]],
-                        gate_up[slot, down.shape[2]:], down[slot]]
-        torch._foreach_copy_(targets, [t.detach() for t in params])
-
-    @property
-    def _q_k_rows(self) -> tuple[int, int]:
-        return self.reference_params[1].shape[0], self.reference_params[2].shape[0]
 
 
 _pair_weights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
