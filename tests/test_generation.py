@@ -147,6 +147,29 @@ def test_sampler_sees_new_weights_after_refresh(model_and_tok):
         sampler.refresh()
 
 
+def test_a_released_sampler_decodes_the_same_from_the_current_weights(model_and_tok):
+    """``release`` frees the decoder's folded copies (a trainer calls it once its rollouts are in); the next
+    generation makes them again from the model's current weights and decodes exactly as before."""
+    model, tok = model_and_tok
+    sampler = make_sampler(model, tok)
+    ids = encode(tok, PROMPTS)
+    before = sampler.generate(ids, 6, seeds=seeds(ids, 3), num_samples=2)
+    sampler.release()
+    again = sampler.generate(ids, 6, seeds=seeds(ids, 3), num_samples=2)
+    assert torch.equal(again.completion_ids, before.completion_ids)
+    assert torch.equal(again.logprobs, before.logprobs)
+    with torch.no_grad():
+        saved = model.lm_head.weight.clone()
+        model.lm_head.weight.zero_()  # all logits equal: greedy picks token 0 everywhere
+    try:
+        sampler.release()
+        assert sampler.generate(ids, 5, greedy=True).completion_ids.eq(0).all()
+    finally:
+        with torch.no_grad():
+            model.lm_head.weight.copy_(saved)
+        sampler.refresh()
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_a_prompts_samples_depend_on_its_seed_alone(model_and_tok, fast):
     """Rows come grouped by prompt, and a prompt's samples are the same whatever prompts share its batch (so they

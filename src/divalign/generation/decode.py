@@ -33,7 +33,12 @@ class Decoder(Protocol):
         """Repeat every row of the decoding state ``times`` times (consecutively)."""
 
     def refresh(self) -> None:
-        """Called after every optimizer step; decoders that keep copies of the weights re-read them here."""
+        """Called after every optimizer step; decoders that keep copies of the weights re-read them (by the next
+        prefill at the latest)."""
+
+    def release(self) -> None:
+        """Called when no generation is due for a while (a trainer's rollouts collected); decoders may free what
+        they keep for decoding until the next prefill."""
 
 
 class Sampler:
@@ -50,6 +55,10 @@ class Sampler:
     def refresh(self) -> None:
         """Let the decoder re-read the model's weights (after every optimizer step)."""
         self.decoder.refresh()
+
+    def release(self) -> None:
+        """Let the decoder free what it keeps for decoding until the next generation (:meth:`Decoder.release`)."""
+        self.decoder.release()
 
     def generate(
         self,
@@ -122,6 +131,9 @@ class HFDecoder:
 
     def refresh(self) -> None:
         """Nothing to re-read: the model's own forward runs on its live weights."""
+
+    def release(self) -> None:
+        """Nothing kept between generations."""
 
     def prefill(self, ids, mask, max_new_tokens):
         pos = position_ids(mask)

@@ -218,6 +218,7 @@ class OnlineTrainer:
         clock = Clock()
         set_training(self.policy, False)
         batch = self.collector.collect(step)
+        self.sampler.release()
         if batch is None:  # dynamic sampling found no group with signal: train on nothing this step
             return {"step": step + 1, "groups_kept": 0, "skipped": 1.0, "step_s": clock.elapsed()}
         batch.to(self.engine.device)

@@ -20,7 +20,8 @@ here costs 14 operations per layer (views aside):
   vocabulary entry at the first step, at no more cost than that step's own product, and every step reads its
   rows (no norm and no product in that layer).
 
-``refresh`` rewrites the folded copies in place after each optimizer step. Tests check logits and sampled tokens
+The copies are written at the first prefill after ``refresh`` (each optimizer step) and freed by ``release``
+(a trainer's rollouts collected), so that they never sit beside the training pass's memory. Tests check logits and sampled tokens
 against the generic sampler on the Hugging Face model.
 """
 
@@ -56,25 +57,46 @@ class LlamaDecoder:
         self.rep, self.eps, self.intermediate = dims.rep, dims.eps, dims.intermediate
         self.width = self.hk * (self.rep + 2) * self.d
         self.embed = params.embed.detach()  # read live: the embedding needs no folding
-        like = {"dtype": self.embed.dtype, "device": self.embed.device}
-        hidden = self.embed.shape[1]
-        self.layers = [
-            _Layer(qkv=torch.zeros(hidden, 2 * self.width, **like), o=torch.empty(self.hq * self.d, hidden, **like),
-                   gate_up=torch.empty(hidden, 2 * self.intermediate, **like),
-                   down=torch.empty(self.intermediate, hidden, **like))
-            for _ in params.layers
-        ]
-        self.head = torch.empty(hidden, params.head.shape[0], **like)
+        self.layers: list[_Layer] | None = None  # the folded copies: made by the first prefill that needs them
+        self.head: Tensor | None = None
+        self._stale = True
         self._rope_length = 0
-        self.refresh()
 
     def _blocks(self, t: Tensor) -> Tensor:
         """(..., W) → (..., Hkv, rep + 2, D): per key head its queries, its key, its value."""
         return t.unflatten(-1, (self.hk, self.rep + 2, self.d))
 
-    @torch.no_grad()
     def refresh(self) -> None:
-        """Rewrite the folded copies from the model's current weights (after every optimizer step)."""
+        """The model's weights changed: the next prefill rewrites the folded copies."""
+        self._stale = True
+
+    def release(self) -> None:
+        """Free the folded copies (as large as the model) until the next prefill makes them again: a trainer calls
+        this once its rollouts are collected, so that they do not sit beside the training pass's memory."""
+        self.layers = self.head = None
+
+    def _folded(self) -> list[_Layer]:
+        """The folded copies, made or rewritten from the model's current weights when released or stale."""
+        if self.layers is None:
+            like = {"dtype": self.embed.dtype, "device": self.embed.device}
+            hidden = self.embed.shape[1]
+            self.layers = [  # qkv zeroed: the value columns of its rotated half stay zero
+                _Layer(qkv=torch.zeros(hidden, 2 * self.width, **like),
+                       o=torch.empty(self.hq * self.d, hidden, **like),
+                       gate_up=torch.empty(hidden, 2 * self.intermediate, **like),
+                       down=torch.empty(self.intermediate, hidden, **like))
+                for _ in self.params.layers
+            ]
+            self.head = torch.empty(hidden, self.params.head.shape[0], **like)
+            self._stale = True
+        if self._stale:
+            self._fold()
+            self._stale = False
+        return self.layers
+
+    @torch.no_grad()
+    def _fold(self) -> None:
+        """Write the folded copies from the model's current weights."""
         params, half = self.params, self.d // 2
         for layer, p in zip(self.layers, params.layers):
             gain = p.attn_norm.view(-1, 1, 1, 1)
@@ -120,7 +142,7 @@ class LlamaDecoder:
         bias = bias[:, None, :, None].expand(n, hk, p, rep, p).reshape(n * hk, p * rep, p)
         x = self.embed.index_select(0, ids.flatten())  # (n·p, hidden)
         caches = []
-        for layer in self.layers:
+        for layer in self._folded():
             h = rms_norm(x, None, self.eps) @ layer.qkv
             blocks = self._blocks(torch.addcmul(h[:, : self.width] * cos.flatten(0, 1), h[:, self.width :],
                                                 sin.flatten(0, 1))).unflatten(0, (n, p))  # (n, p, Hkv, rep+2, D)
