@@ -207,6 +207,7 @@ def test_the_pass_in_small_blocks_equals_the_hf_forward(tmp_path, monkeypatch, b
     model, tok, reference = _policy_and_reference(tmp_path)
     if blocks == "head rows":
         monkeypatch.setattr(head, "BLOCK_BYTES", 4 * model.config.vocab_size * 5)
+        monkeypatch.setattr(head, "MIN_BLOCK_ROWS", 1)
     else:
         monkeypatch.setattr(train, "ATTENTION_BLOCK_BYTES", 1)
     prompts = [tok(p)["input_ids"] for p in ["12+3=", "1+1=", "45-67="]]
@@ -249,6 +250,40 @@ def test_two_policies_sharing_a_reference_keep_their_own_gradients(tiny_model_di
     out.logprobs.sum().backward()
     for p, g_ref in zip(first.parameters(), expected_grads):
         torch.testing.assert_close(p.grad, g_ref, atol=1e-5, rtol=1e-4)
+
+
+def test_the_stacked_pass_holds_the_reference_once_and_sees_it_change(tiny_model_dir):
+    """The stacked pass keeps the reference's layer weights in its buffers and makes the reference's parameters
+    views of them (held once); a reference changed in place, or a parameter given a new tensor, must still give the
+    reference's own log-probabilities in the next pass."""
+    policy, tok = load_causal_lm(tiny_model_dir)
+    reference = frozen_copy(policy)
+    ids = torch.tensor([tok("12+3=45")["input_ids"], tok("17+8=25")["input_ids"]])
+    batch = SequenceBatch(ids, torch.ones_like(ids), 4)
+    configure(policy)
+
+    def expected_reference_logprobs():
+        plain = frozen_copy(reference)
+        configure(plain, fast_path=False)
+        return completion_logprobs(plain, batch)[0]
+
+    first = completion_forward(policy, batch, reference=reference).reference_logprobs
+    torch.testing.assert_close(first, expected_reference_logprobs(), atol=1e-5, rtol=0)
+    up = reference.model.layers[0].mlp.up_proj.weight
+    storages = {p.untyped_storage().data_ptr() for p in reference.model.layers.parameters()}
+    assert len(storages) < len(list(reference.model.layers.parameters()))  # views of shared buffers
+
+    with torch.no_grad():
+        up.mul_(1.5)
+    changed = completion_forward(policy, batch, reference=reference).reference_logprobs
+    assert not torch.allclose(changed, first, atol=1e-4)
+    torch.testing.assert_close(changed, expected_reference_logprobs(), atol=1e-5, rtol=0)
+
+    key = reference.model.layers[-1].self_attn.k_proj.weight
+    key.data = key.data * 0.5  # a new tensor, not a change in place
+    replaced = completion_forward(policy, batch, reference=reference).reference_logprobs
+    assert not torch.allclose(replaced, changed, atol=1e-4)
+    torch.testing.assert_close(replaced, expected_reference_logprobs(), atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
