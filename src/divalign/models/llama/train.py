@@ -11,8 +11,9 @@ of the model's own parameters, so the optimizer, checkpoints and saved folders s
 * It runs the tokens of a :class:`divalign.models.llama.layout.TokenLayout`: no padding, and each prompt shared by
   a group of completions once; attention reads them through index maps.
 * With a frozen reference of the same shape, both models run in one pass: their weights sit in buffers with a
-  leading model axis (:class:`_PairWeights`), so every product is one batched product over the two and every
-  elementwise operation one call; the backward runs for the policy only.
+  leading model axis (:class:`_PairWeights`; the reference's half is its parameters' own memory), so every product
+  is one batched product over the two and every elementwise operation one call; the backward runs for the policy
+  only.
 * The last layer runs its attention output, residual and MLP only for the tokens whose output is read (those
   that predict a completion token).
 * The first layer's norm and QKV product depend on the token alone: when a batch repeats its tokens (at most half
