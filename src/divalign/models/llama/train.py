@@ -237,6 +237,8 @@ def _layers_forward(dims: LlamaDims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bi
     index, length = _attention_index(layout, dims), layout.length
     rows = layout.rows * hk  # model 0's rows of the head-major tensors
     tokens = x.shape[1]
+    # model 0's part of a stacked tensor would keep the other models' part alive until the backward: copy it out
+    own = Tensor.clone if models > 1 else (lambda t: t)
     saved = []
     for i, (gain1, w_qkv, w_o, gain2, w_gate_up, w_down) in enumerate(weights):
         kept = outputs if i == len(weights) - 1 else None
@@ -260,8 +262,9 @@ def _layers_forward(dims: LlamaDims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bi
         act = F.silu(gate)
         h = act * up
         x = torch.baddbmm(x2, h, w_down.transpose(1, 2))
-        saved.append((normed1[0], r1[0], a1[0], q[:rows], k[:rows], v[:rows], probs, att[0], normed2[0],
-                      r2[0], a2[0], gate[0], up[0], act[0], h[0], kept, att_rows, distinct))
+        saved.append((*(own(t) for t in (normed1[0], r1[0], q[:rows], k[:rows], v[:rows])), probs,
+                      *(own(t) for t in (att[0], normed2[0], r2[0], gate[0], up[0], act[0])), kept, att_rows,
+                      distinct))
     return x, saved
 
 
@@ -273,16 +276,17 @@ def _layers_backward(dims: LlamaDims, g: Tensor, cos: Tensor, sin_bwd: Tensor, s
     rep, length, tokens = hq // hk, layout.length, len(layout.token_ids)
     index = _attention_index(layout, dims)
     grads = []
-    for (gain1, w_qkv, w_o, gain2, w_gate_up, w_down), (normed1, r1, a1, q, k, v, probs, att, normed2, r2, a2, gate,
-                                                         up, act, h, kept, att_rows, distinct) in zip(
-                                                             reversed(weights), reversed(saved)):
+    for (gain1, w_qkv, w_o, gain2, w_gate_up, w_down), (normed1, r1, q, k, v, probs, att, normed2, r2, gate, up, act,
+                                                         kept, att_rows, distinct) in zip(reversed(weights),
+                                                                                          reversed(saved)):
+        # the products' inputs a1, a2 and h are recomputed, the same operations as the forward's, not kept
         # MLP: x3 = x2 + (silu(gate)·up) @ downᵀ
-        d_down = g.t() @ h
+        d_down = g.t() @ (act * up)
         dh = g @ w_down[0]
         d_gate_up = dh.new_empty(dh.shape[0], 2 * dh.shape[1])  # written in halves (no concatenation pass)
         torch.ops.aten.silu_backward.grad_input(dh * up, gate, grad_input=d_gate_up[:, : dh.shape[1]])
         torch.mul(dh, act, out=d_gate_up[:, dh.shape[1] :])
-        d_w_gate_up = d_gate_up.t() @ a2  # in the parameters' layout: a transposed gradient costs a copy later
+        d_w_gate_up = d_gate_up.t() @ (normed2 * gain2[0])  # the parameters' layout: a transposed one costs a copy
         da2 = d_gate_up @ w_gate_up[0]
         g, d_gain2 = norm.backward(da2, gain2[0, 0], normed2, r2, residual=g)
         # attention: x2 = x + softmax(q kᵀ/√D + bias) v @ oᵀ
@@ -297,7 +301,7 @@ def _layers_backward(dims: LlamaDims, g: Tensor, cos: Tensor, sin_bwd: Tensor, s
         d_qkv = torch.cat([_unrotate(d_qk, cos, sin_bwd).flatten(1), dv.view(tokens, hk * d)], -1)
         if distinct is not None:  # the norm and product ran per distinct token: sum their gradients likewise
             d_qkv = d_qkv.new_zeros(len(distinct.first), d_qkv.shape[1]).index_add_(0, distinct.inverse, d_qkv)
-        d_w_qkv = d_qkv.t() @ a1
+        d_w_qkv = d_qkv.t() @ (normed1 * gain1[0])
         da1 = d_qkv @ w_qkv[0]
         if kept is not None:  # the residual reached only the kept tokens
             g = g.new_zeros(tokens, g.shape[1]).index_copy_(0, kept, g)
