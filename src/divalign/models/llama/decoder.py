@@ -20,9 +20,9 @@ here costs 14 operations per layer (views aside):
   vocabulary entry at the first step, at no more cost than that step's own product, and every step reads its
   rows (no norm and no product in that layer).
 
-The copies are written at the first prefill after ``refresh`` (each optimizer step) and freed by ``release``
-(a trainer's rollouts collected), so that they never sit beside the training pass's memory. Tests check logits and sampled tokens
-against the generic sampler on the Hugging Face model.
+The copies are written at the first prefill after ``refresh`` (each optimizer step) and freed by ``release`` (a
+trainer's rollouts collected), so that they never sit beside the training pass's memory. Tests check logits and
+sampled tokens against the generic sampler on the Hugging Face model.
 """
 
 from __future__ import annotations

@@ -355,16 +355,16 @@ class _PairWeights:
         like = self.reference_params[0]
         self.layers = [tuple(like.new_empty((2, *shape)) for shape in _fused_shapes(layer))
                        for layer in reference.layers]
-        self.policy_views, self.reference_views = self._views(0), self._views(1)
+        q_k_rows = [(layer.q.shape[0], layer.k.shape[0]) for layer in reference.layers]
+        self.policy_views, self.reference_views = self._views(0, q_k_rows), self._views(1, q_k_rows)
         self.owner: object | None = None
         self._view_reference()
 
-    def _views(self, slot: int) -> list[Tensor]:
+    def _views(self, slot: int, q_k_rows: list[tuple[int, int]]) -> list[Tensor]:
         """Per parameter of :meth:`LlamaParams.layer_tensors`, its block of the buffers' half ``slot``: q, k, v
         (and gate, up) are row ranges of one buffer."""
         views = []
-        for i, (gain1, qkv, o, gain2, gate_up, down) in enumerate(self.layers):
-            q_rows, k_rows = (t.shape[0] for t in self.reference_params[i * _PER_LAYER + 1: i * _PER_LAYER + 3])
+        for (gain1, qkv, o, gain2, gate_up, down), (q_rows, k_rows) in zip(self.layers, q_k_rows):
             views += [gain1[slot, 0], qkv[slot, :q_rows], qkv[slot, q_rows:q_rows + k_rows],
                       qkv[slot, q_rows + k_rows:], o[slot], gain2[slot, 0], gate_up[slot, : down.shape[2]],
                       gate_up[slot, down.shape[2]:], down[slot]]
