@@ -49,6 +49,10 @@ from divalign.models.llama.weights import LlamaDims, LlamaParams, rope_table
 #: the largest block of fp32 attention scores computed at once (see :func:`_attention_forward`)
 ATTENTION_BLOCK_BYTES = 2 << 20
 
+#: the smallest stacked hidden state (models × tokens × hidden) whose saved activations are copied out per model
+#: (see :func:`_layers_forward`)
+COPY_OUT_BYTES = 1 << 20
+
 #: per layer, in the order of :meth:`LayerParams.tensors`: attention norm gain, q, k, v, o, MLP norm gain, gate, up,
 #: down
 _PER_LAYER = 9
@@ -237,8 +241,9 @@ def _layers_forward(dims: LlamaDims, x: Tensor, cos: Tensor, sin_fwd: Tensor, bi
     index, length = _attention_index(layout, dims), layout.length
     rows = layout.rows * hk  # model 0's rows of the head-major tensors
     tokens = x.shape[1]
-    # model 0's part of a stacked tensor would keep the other models' part alive until the backward: copy it out
-    own = Tensor.clone if models > 1 else (lambda t: t)
+    # model 0's part of a stacked tensor would keep the other models' part alive until the backward: copy it out,
+    # unless the activations are too small for the memory to matter next to the copies' cost per call
+    own = Tensor.clone if models > 1 and x.numel() * x.element_size() >= COPY_OUT_BYTES else (lambda t: t)
     saved = []
     for i, (gain1, w_qkv, w_o, gain2, w_gate_up, w_down) in enumerate(weights):
         kept = outputs if i == len(weights) - 1 else None
