@@ -10,10 +10,10 @@ A training pass computes all its logits with one product, straight into the one 
 backward needs, turns them into log-probabilities and then probabilities there in place, a block of rows at a
 time, and the backward forms the logits' gradient in that buffer in place too. A pass without gradient (the
 reference, scoring) never holds its logits whole: it computes them a block of rows at a time into one scratch
-buffer and keeps only each row's log-probability (and entropy). A block is at most :data:`BLOCK_BYTES` (below the allocator's mmap threshold,
-:mod:`divalign.allocator`, so the same memory serves every block and every step instead of fresh pages the kernel
-must zero) but never fewer than :data:`MIN_BLOCK_ROWS` rows: a product of a hundred-odd rows with a large head ran
-at half the rate of one of a thousand. Recomputing the logits in the backward instead of keeping the probabilities
+buffer and keeps only each row's log-probability (and entropy). A block is at most :data:`BLOCK_BYTES` (below the
+allocator's mmap threshold, :mod:`divalign.allocator`, so the same memory serves every block and every step
+instead of fresh pages the kernel must zero) but never fewer than :data:`MIN_BLOCK_ROWS` rows: a product of a
+hundred-odd rows with a large head ran at half the rate of one of a thousand. Recomputing the logits in the backward instead of keeping the probabilities
 saves the training pass's buffer but costs a third product with the head, which was measured slower. Figures for
 both: BENCHMARKS.md, "Speed at a real model's shape".
 """
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from divalign.models.llama import norm
+from divalign.models.logprobs import entropy_of
 
 #: the largest block of fp32 logits computed at once, unless that is fewer than :data:`MIN_BLOCK_ROWS` rows
 BLOCK_BYTES = 16 << 20
@@ -49,8 +50,9 @@ def _forward_blocks(scaled: Tensor, tokens: Tensor, weight: Tensor, temperature:
     """log-probabilities at ``tokens`` and entropies (or None) of the rows of ``scaled``; with ``probs`` (rows, V),
     the probabilities are written into it.
 
-    Each block of logits becomes its log-softmax in place (one fused kernel, exact), read at the tokens; the entropy
-    is −Σ p·log p; the probabilities, when kept, are exp of the log-softmax, again in place."""
+    Each block of logits becomes its log-softmax in place (one fused kernel, exact), read at the tokens; the
+    entropy is :func:`entropy_of` that log-softmax, logits whose log-normaliser is 0; the probabilities, when kept,
+    are exp of the log-softmax, again in place."""
     rows, vocab = scaled.shape[0], weight.shape[0]
     logp = scaled.new_empty(rows, dtype=torch.float32)
     entropy = torch.empty_like(logp) if with_entropy else None
@@ -69,7 +71,7 @@ def _forward_blocks(scaled: Tensor, tokens: Tensor, weight: Tensor, temperature:
         logp[block] = log_p.gather(1, tokens[block, None]).squeeze(1)
         if with_entropy:
             block_probs = torch.exp(log_p)
-            entropy[block] = -torch.linalg.vecdot(block_probs, log_p)
+            entropy[block] = entropy_of(log_p, log_p.new_zeros(()), block_probs)
             if probs is not None:
                 log_p.copy_(block_probs)
         elif probs is not None:
