@@ -14,8 +14,8 @@ word), so every sampled id decodes; <s> starts every prompt. Prompts are ``--pro
 <s> included) of random words, fp32 on both sides.
 
 GRPO (``--algo grpo``): the settings of grpo_speed.py at this shape: 4 prompts × 8 completions (``--group-size``)
-of at most ``--new-tokens`` tokens (default 64), temperature 1, β = 0.04 (a frozen reference on both sides), lr 1e-5, one
-update per batch, GRPO loss (per-sequence token mean). The reward (characters of the completion / 100) varies
+of at most ``--new-tokens`` tokens (default 64), temperature 1, β = 0.04 (a frozen reference on both sides), lr
+1e-5, one update per batch, GRPO loss (per-sequence token mean). The reward (characters of the completion / 100) varies
 with the sampled words, so both sides really update, and falls when a completion ends early. Both sides stop a
 completion at </s> (TRL masks what follows; divalign does too) and stop decoding once every row has ended; neither
 can be told to ignore it. Sampling from a random model over V words gives </s> with probability about 1/V per

@@ -264,9 +264,7 @@ def test_the_stacked_pass_holds_the_reference_once_and_sees_it_change(tiny_model
     configure(policy)
 
     def expected_reference_logprobs():
-        plain = frozen_copy(reference)
-        configure(plain, fast_path=False)
-        return completion_logprobs(plain, batch)[0]
+        return completion_logprobs(hf_forward(reference), batch)[0]
 
     first = completion_forward(policy, batch, reference=reference).reference_logprobs
     torch.testing.assert_close(first, expected_reference_logprobs(), atol=1e-5, rtol=0)
